@@ -1,0 +1,244 @@
+"""The Llama-family decoder (Llama-2/Vicuna, Llama-3/3.1, SmolLM2, Phi-3) in Flax NNX.
+
+One module tree serves every architecture: Phi-3 differs from Llama only in how HF
+stores its weights (fused qkv / gate_up, split by the converter) and in config
+values (sliding window, partial rotary). Layers live in an `nnx.List`, so pruning is
+list slicing; a layer holds no index of its own, and the KV cache is a list parallel
+to the layers, so a sliced model can never read another layer's cache slot.
+"""
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from visregion_jax.models import rope
+from visregion_jax.models.config import DecoderConfig
+
+# Logical axis names of every parameter; sharding.py maps them to mesh axes.
+EMBED, MLP, HEADS, KV_HEADS, VOCAB = "embed", "mlp", "heads", "kv_heads", "vocab"
+
+
+def _linear(config: DecoderConfig, d_in: int, d_out: int, axes: tuple, bias: bool,
+            rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(
+      d_in, d_out, use_bias=bias, dtype=config.compute_dtype,
+      param_dtype=jnp.dtype(config.param_dtype), rngs=rngs,
+      kernel_init=nnx.initializers.normal(0.02),
+      kernel_metadata={"logical_axes": axes}, bias_metadata={"logical_axes": axes[1:]})
+
+
+class RMSNorm(nnx.Module):
+  """Normalizes in float32 and scales in the input dtype, as HF's LlamaRMSNorm."""
+
+  def __init__(self, dim: int, eps: float, param_dtype):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=(EMBED,))
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+  """Keys and values of every layer for incremental decoding.
+
+  `valid` marks slots holding real tokens (left padding stays False); `index` is the
+  next slot to write; all samples of a batch advance together.
+  """
+  keys: list        # per layer [B, S, kv_heads, head_dim]
+  values: list
+  valid: jnp.ndarray  # [B, S] bool
+  index: jnp.ndarray  # int32 scalar
+
+  @classmethod
+  def create(cls, config: DecoderConfig, batch: int, length: int, num_layers: Optional[int] = None):
+    shape = (batch, length, config.num_kv_heads, config.head_dim)
+    n = config.num_layers if num_layers is None else num_layers
+    zeros = lambda: jnp.zeros(shape, config.compute_dtype)
+    return cls(keys=[zeros() for _ in range(n)], values=[zeros() for _ in range(n)],
+               valid=jnp.zeros((batch, length), bool), index=jnp.zeros((), jnp.int32))
+
+
+def make_attention_mask(query_slots, key_slots, key_valid, sliding_window: Optional[int]):
+  """Boolean [B, 1, T, S]: causal over slots, real keys only, optional sliding window.
+
+  Real tokens occupy consecutive slots (padding is only on the left or right), so the
+  slot distance equals the position distance the sliding window is defined on.
+  """
+  q = query_slots[:, None]
+  k = key_slots[None, :]
+  allowed = k <= q
+  if sliding_window is not None:
+    allowed &= (q - k) < sliding_window
+  return (allowed[None] & key_valid[:, None, :])[:, None]
+
+
+class Attention(nnx.Module):
+  def __init__(self, config: DecoderConfig, rngs: nnx.Rngs):
+    self.config = config
+    h, d = config.hidden_size, config.head_dim
+    bias = config.attention_bias
+    self.q_proj = _linear(config, h, config.num_heads * d, (EMBED, HEADS), bias, rngs)
+    self.k_proj = _linear(config, h, config.num_kv_heads * d, (EMBED, KV_HEADS), bias, rngs)
+    self.v_proj = _linear(config, h, config.num_kv_heads * d, (EMBED, KV_HEADS), bias, rngs)
+    self.o_proj = _linear(config, config.num_heads * d, h, (HEADS, EMBED), bias, rngs)
+
+  def __call__(self, x, cos, sin, mask, kv: Optional[tuple] = None, index=None):
+    """x [B, T, E]; kv: this layer's (keys, values) cache, written at `index`."""
+    b, t, _ = x.shape
+    d = self.config.head_dim
+    q = self.q_proj(x).reshape(b, t, self.config.num_heads, d)
+    k = self.k_proj(x).reshape(b, t, self.config.num_kv_heads, d)
+    v = self.v_proj(x).reshape(b, t, self.config.num_kv_heads, d)
+    q = rope.apply_rotation(q, cos, sin)
+    k = rope.apply_rotation(k, cos, sin)
+    if kv is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), index, axis=1)
+      kv = (k, v)
+    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
+                                       scale=d ** -0.5)
+    return self.o_proj(out.reshape(b, t, -1)), kv
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, config: DecoderConfig, rngs: nnx.Rngs):
+    h, m, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+    self.gate_proj = _linear(config, h, m, (EMBED, MLP), bias, rngs)
+    self.up_proj = _linear(config, h, m, (EMBED, MLP), bias, rngs)
+    self.down_proj = _linear(config, m, h, (MLP, EMBED), bias, rngs)
+
+  def __call__(self, x):
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+  def __init__(self, config: DecoderConfig, rngs: nnx.Rngs):
+    pdt = jnp.dtype(config.param_dtype)
+    self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, pdt)
+    self.self_attn = Attention(config, rngs)
+    self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, pdt)
+    self.mlp = MLP(config, rngs)
+
+  def __call__(self, x, cos, sin, mask, kv=None, index=None):
+    attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, index)
+    x = x + attn
+    return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+
+@dataclasses.dataclass
+class DecoderOutput:
+  logits: Optional[jnp.ndarray]        # [B, T, V], [B, 1, V] for logits="last", or None
+  hidden_states: Optional[list] = None  # L + 1 arrays [B, T, E]: embeddings, then each layer's output
+  cache: Optional[KVCache] = None
+
+
+def _run_layer(layer, x, cos, sin, mask, kv, index):
+  return layer(x, cos, sin, mask, kv, index)
+
+
+class Decoder(nnx.Module):
+  """A causal language model: token embeddings, decoder layers, final norm, LM head."""
+
+  def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    pdt = jnp.dtype(config.param_dtype)
+    self.embed_tokens = nnx.Embed(
+        config.vocab_size, config.hidden_size, dtype=config.compute_dtype, param_dtype=pdt,
+        embedding_init=nnx.with_metadata(nnx.initializers.normal(0.02), logical_axes=(VOCAB, EMBED)),
+        rngs=rngs)
+    self.layers = nnx.List([DecoderLayer(config, rngs) for _ in range(config.num_layers)])
+    self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pdt)
+    if not config.tie_word_embeddings:
+      self.lm_head = _linear(config, config.hidden_size, config.vocab_size, (EMBED, VOCAB), False, rngs)
+
+  def __call__(self, input_ids: jnp.ndarray, attention_mask: Optional[jnp.ndarray] = None
+               ) -> jnp.ndarray:
+    """int32 [B, T] -> logits [B, T, V]."""
+    return self.forward(input_ids, attention_mask=attention_mask).logits
+
+  def embed(self, input_ids: jnp.ndarray) -> jnp.ndarray:
+    return self.embed_tokens(input_ids).astype(self.config.compute_dtype)
+
+  def forward(self, input_ids: Optional[jnp.ndarray] = None, *,
+              inputs_embeds: Optional[jnp.ndarray] = None,
+              attention_mask: Optional[jnp.ndarray] = None,
+              positions: Optional[jnp.ndarray] = None,
+              cache: Optional[KVCache] = None,
+              logits: str = "all",
+              hidden_states: bool = False) -> DecoderOutput:
+    """The full forward pass.
+
+    attention_mask [B, T] (1 = real token) covers the new tokens; positions default to
+    the count of real tokens before each one, so a left-padded prompt is the same
+    computation as the unpadded one. With `cache`, the new tokens are written at
+    `cache.index` and attend to everything cached before them. `logits` is "all",
+    "last" (decoding) or "none" (layer scoring, which needs only hidden states).
+    """
+    cfg = self.config
+    x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.compute_dtype)
+    b, t, _ = x.shape
+    new_valid = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
+    if positions is None:
+      positions = jnp.maximum(jnp.cumsum(new_valid, axis=1) - 1, 0)
+      if cache is not None:
+        positions = positions + jnp.sum(cache.valid, axis=1, keepdims=True)
+    cos, sin = rope.rotation(positions, rope.inverse_frequencies(cfg), cfg.compute_dtype)
+
+    if cache is None:
+      index = None
+      key_valid = new_valid
+      query_slots = key_slots = jnp.arange(t)
+    else:
+      index = cache.index
+      key_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, new_valid, index, axis=1)
+      query_slots = index + jnp.arange(t)
+      key_slots = jnp.arange(cache.valid.shape[1])
+    mask = make_attention_mask(query_slots, key_slots, key_valid, cfg.sliding_window)
+
+    run = nnx.remat(_run_layer) if cfg.remat and cache is None else _run_layer
+    states = [x] if hidden_states else None
+    new_keys, new_values = [], []
+    for i, layer in enumerate(self.layers):
+      kv = None if cache is None else (cache.keys[i], cache.values[i])
+      x, kv = run(layer, x, cos, sin, mask, kv, index)
+      if kv is not None:
+        new_keys.append(kv[0])
+        new_values.append(kv[1])
+      if hidden_states:
+        states.append(x)
+
+    new_cache = None
+    if cache is not None:
+      new_cache = KVCache(keys=new_keys, values=new_values, valid=key_valid, index=index + t)
+    out_logits = None
+    if logits != "none":
+      h = self.norm(x[:, -1:] if logits == "last" else x)
+      out_logits = self.lm_logits(h)
+    return DecoderOutput(logits=out_logits, hidden_states=states, cache=new_cache)
+
+  def lm_logits(self, h: jnp.ndarray) -> jnp.ndarray:
+    if self.config.tie_word_embeddings:
+      return self.embed_tokens.attend(h)
+    return self.lm_head(h)
+
+  def init_cache(self, batch: int, length: int) -> KVCache:
+    return KVCache.create(self.config, batch, length, num_layers=len(self.layers))
+
+
+def build_decoder(config: DecoderConfig, seed: int = 0) -> Decoder:
+  return Decoder(config, rngs=nnx.Rngs(seed))
+
+
+def abstract_decoder(config: DecoderConfig) -> Decoder:
+  """A decoder whose parameters are shapes only: the target converters fill in."""
+  return nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
+
