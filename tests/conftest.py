@@ -1,0 +1,55 @@
+"""Shared test helpers: tiny random HF models built with transformers, saved to tmp dirs."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+torch.set_num_threads(1)
+
+
+def save_hf_model(model, directory) -> str:
+  model.save_pretrained(str(directory))
+  return str(directory)
+
+
+def tiny_llama_config(**overrides) -> transformers.LlamaConfig:
+  kwargs = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+                tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+  kwargs.update(overrides)
+  return transformers.LlamaConfig(**kwargs)
+
+
+def tiny_phi3_config(**overrides) -> transformers.Phi3Config:
+  kwargs = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                original_max_position_embeddings=1024, bos_token_id=1, eos_token_id=2,
+                pad_token_id=0)
+  kwargs.update(overrides)
+  return transformers.Phi3Config(**kwargs)
+
+
+def random_hf_model(config, seed: int = 0):
+  """A random model whose norms and biases are not at their trivial init (ones / zeros)."""
+  torch.manual_seed(seed)
+  cls = {"llama": transformers.LlamaForCausalLM, "phi3": transformers.Phi3ForCausalLM}[config.model_type]
+  model = cls(config).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("norm.weight") or name.endswith(".bias"):
+        p.add_(0.1 * torch.randn_like(p))
+  return model
+
+
+def hf_logits(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """transformers' logits with the same positions we use (real tokens counted from 0)."""
+  positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                 position_ids=torch.tensor(positions)).logits.float().numpy()
+
+
+@pytest.fixture
+def rng():
+  return np.random.RandomState(0)

@@ -1,0 +1,62 @@
+"""`python -m visregion_jax.convert from-hf | to-hf`: move weights between HF and JAX."""
+
+import os
+import sys
+
+from visregion_jax import cli
+from visregion_jax.convert import jax_checkpoint
+from visregion_jax.convert.hf import from_hf, to_hf
+from visregion_jax.errors import VisRegionError
+
+
+def load_any(src: str, dtype=None, param_dtype=None):
+  """A JAX checkpoint directory, or anything from_hf reads (HF dir, .gguf, alias)."""
+  if jax_checkpoint.is_model_checkpoint(src):
+    return jax_checkpoint.load_model(src)
+  return from_hf(src, dtype=dtype, param_dtype=param_dtype)
+
+
+def _parse_size(text: str) -> int:
+  units = {"KB": 1000, "MB": 1000 ** 2, "GB": 1000 ** 3, "KIB": 1024, "MIB": 1024 ** 2, "GIB": 1024 ** 3}
+  upper = text.strip().upper()
+  for unit, factor in sorted(units.items(), key=lambda u: -len(u[0])):
+    if upper.endswith(unit) and upper[:-len(unit)].strip().replace(".", "", 1).isdigit():
+      return int(float(upper[:-len(unit)]) * factor)
+  if upper.isdigit():
+    return int(upper)
+  raise VisRegionError("--max-shard-size", f"expected a size like 5GB or 500MB, got {text!r}")
+
+
+def main(argv=None) -> int:
+  parser = cli.ArgumentParser(prog="python -m visregion_jax.convert",
+                              description="Convert models between Hugging Face and visregion_jax.")
+  sub = parser.add_subparsers(dest="command", required=True)
+  to = sub.add_parser("to-hf", help="JAX checkpoint (or HF dir / .gguf) -> HF directory")
+  to.add_argument("--src", required=True)
+  to.add_argument("--dst", required=True)
+  to.add_argument("--max-shard-size", default="5GB", help="shard the safetensors above this size")
+  to.add_argument("--param-dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                  help="cast weights on the way (default: keep their dtype)")
+  to.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --dst")
+  frm = sub.add_parser("from-hf", help="HF directory or .gguf file -> JAX checkpoint directory")
+  frm.add_argument("--src", required=True, help="HF directory, .gguf file or smollm2-135m-instruct")
+  frm.add_argument("--dst", required=True)
+  frm.add_argument("--param-dtype", choices=("float32", "bfloat16", "float16"), default=None)
+  args = parser.parse_args(argv)
+
+  def run():
+    if args.command == "from-hf":
+      jax_checkpoint.save_model(from_hf(args.src, param_dtype=args.param_dtype), args.dst)
+    else:
+      max_shard = _parse_size(args.max_shard_size)
+      if os.path.isdir(args.dst) and os.listdir(args.dst) and not args.overwrite:
+        raise VisRegionError(args.dst, "expected a new or empty directory (or pass --overwrite)")
+      model = load_any(args.src, param_dtype=args.param_dtype)
+      to_hf(model, args.dst, max_shard_bytes=max_shard)
+    print(f"wrote {args.dst}")
+
+  return cli.run_main(run)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,129 @@
+"""Batched decoding with a KV cache: greedy or temperature / top-p sampling.
+
+The whole generation (prefill plus a `lax.while_loop` over new tokens) is one jitted
+function of the split model state, so a call costs one compile per prompt shape and
+stops as soon as every sample has produced an end-of-sequence token. Prompts are
+left padded so all samples write the same cache slot at every step.
+"""
+
+import argparse
+import functools
+import sys
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from visregion_jax.errors import VisRegionError
+
+
+def _sample(logits: jnp.ndarray, rng, temperature: float, top_p: float) -> jnp.ndarray:
+  """Next token ids [B] from last-position logits [B, V]."""
+  logits = logits.astype(jnp.float32)
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / temperature
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the more likely tokens
+    cutoff_index = jnp.sum(before < top_p, axis=-1, keepdims=True) - 1
+    cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
+    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_p"))
+def _generate(graphdef, state, input_ids, attention_mask, extra_inputs, eos_ids, pad_id, rng, *,
+              max_new_tokens: int, temperature: float, top_p: float):
+  model = nnx.merge(graphdef, state)
+  batch, prompt_len = input_ids.shape
+  cache = model.init_cache(batch, prompt_len + max_new_tokens)
+  out = model.forward(input_ids, attention_mask=attention_mask, cache=cache, logits="last",
+                      **extra_inputs)
+  tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
+
+  def cond(carry):
+    step, _, _, _, done, _ = carry
+    return (step < max_new_tokens) & ~jnp.all(done)
+
+  def body(carry):
+    step, tokens, logits, cache, done, rng = carry
+    rng, key = jax.random.split(rng)
+    token = _sample(logits[:, -1], key, temperature, top_p)
+    token = jnp.where(done, pad_id, token)
+    tokens = tokens.at[:, step].set(token)
+    done = done | jnp.isin(token, eos_ids)
+    step_out = model.forward(token[:, None], cache=cache, logits="last")
+    return step + 1, tokens, step_out.logits, step_out.cache, done, rng
+
+  carry = (jnp.zeros((), jnp.int32), tokens, out.logits, out.cache, jnp.zeros((batch,), bool), rng)
+  return jax.lax.while_loop(cond, body, carry)[1]
+
+
+def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int = 32,
+             eos_token_ids: Optional[Sequence[int]] = None, pad_token_id: Optional[int] = None,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+             **extra_inputs) -> np.ndarray:
+  """New tokens [B, max_new_tokens] for left-padded prompts [B, T].
+
+  A sample's tokens after its end-of-sequence token are `pad_token_id`. `extra_inputs`
+  (e.g. `pixel_values` for an LVLM) go to the prefill forward pass only.
+  """
+  if temperature < 0 or not 0 < top_p <= 1:
+    raise VisRegionError("generate", f"expected temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+  input_ids = jnp.asarray(input_ids, jnp.int32)
+  if attention_mask is None:
+    attention_mask = jnp.ones_like(input_ids)
+  attention_mask = jnp.asarray(attention_mask, jnp.int32)
+  if bool(jnp.any(attention_mask[:, -1] == 0)):
+    raise VisRegionError("attention_mask", "expected left padding (the last prompt position real)")
+  config = model.config
+  eos = tuple(config.eos_token_ids) if eos_token_ids is None else tuple(eos_token_ids)
+  pad = next(p for p in (pad_token_id, config.pad_token_id, eos[0] if eos else 0) if p is not None)
+  graphdef, state = nnx.split(model)
+  tokens = _generate(graphdef, state, input_ids, attention_mask, extra_inputs,
+                     jnp.asarray(eos or (-1,), jnp.int32), jnp.int32(pad), jax.random.key(seed),
+                     max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p))
+  return np.asarray(tokens)
+
+
+def chat(model, tokenizer, prompts: Sequence[str], **kwargs) -> list:
+  """Answers each prompt through the tokenizer's chat template; returns the decoded replies."""
+  texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                         add_generation_prompt=True) for p in prompts]
+  tokenizer.padding_side = "left"
+  if tokenizer.pad_token is None:
+    tokenizer.pad_token = tokenizer.eos_token
+  enc = tokenizer(texts, return_tensors="np", padding=True, add_special_tokens=False)
+  tokens = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs)
+  return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+
+
+def main(argv=None) -> int:
+  from visregion_jax import cli, convert  # pylint: disable=import-outside-toplevel
+  parser = cli.ArgumentParser(prog="python -m visregion_jax.generate",
+                              description="Answer prompts with a model through its chat template.")
+  parser.add_argument("--model", default="smollm2-135m-instruct",
+                      help="HF directory, .gguf file or smollm2-135m-instruct")
+  parser.add_argument("--max-new-tokens", type=int, default=48)
+  parser.add_argument("--temperature", type=float, default=0.0)
+  parser.add_argument("--top-p", type=float, default=1.0)
+  parser.add_argument("prompts", nargs="+")
+  args = parser.parse_args(argv)
+
+  def run():
+    model = convert.from_hf(args.model)
+    tok = convert.load_tokenizer(model.config.source)
+    replies = chat(model, tok, args.prompts, max_new_tokens=args.max_new_tokens,
+                   temperature=args.temperature, top_p=args.top_p)
+    for prompt, reply in zip(args.prompts, replies):
+      print(f"> {prompt}\n{reply}\n")
+
+  return cli.run_main(run)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
