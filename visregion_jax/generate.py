@@ -80,6 +80,7 @@ def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int = 32,
   attention_mask = jnp.asarray(attention_mask, jnp.int32)
   if bool(jnp.any(attention_mask[:, -1] == 0)):
     raise VisRegionError("attention_mask", "expected left padding (the last prompt position real)")
+  model.validate(input_ids, **extra_inputs)
   config = model.config
   eos = tuple(config.eos_token_ids) if eos_token_ids is None else tuple(eos_token_ids)
   pad = next(p for p in (pad_token_id, config.pad_token_id, eos[0] if eos else 0) if p is not None)

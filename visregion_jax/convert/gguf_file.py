@@ -76,36 +76,41 @@ class GGUFSource:
     f = self._reader.fields.get(key)
     if f is None:
       return default
-    value = f.contents()
-    return value
+    return f.contents()
 
-  def _required(self, key: str):
-    value = self.field(key)
+  def _number(self, key: str, kind=int, default=None):
+    """A scalar metadata value; per-layer arrays are accepted only when uniform."""
+    value = self.field(key, default)
     if value is None:
       raise VisRegionError(f"{self.name}: {key}", "expected this GGUF metadata key")
-    return value
+    if isinstance(value, list):
+      if not value or any(v != value[0] for v in value):
+        raise VisRegionError(f"{self.name}: {key}", f"expected one value for all layers, got {value!r}")
+      value = value[0]
+    try:
+      return kind(value)
+    except (TypeError, ValueError):
+      raise VisRegionError(f"{self.name}: {key}", f"expected a number, got {value!r}") from None
 
   def _hf_config(self) -> dict:
     """The HF LlamaConfig dict equivalent to the GGUF metadata."""
-    heads = int(self._required("llama.attention.head_count"))
-    hidden = int(self._required("llama.embedding_length"))
+    heads = self._number("llama.attention.head_count")
+    hidden = self._number("llama.embedding_length")
     tokens = self.field("tokenizer.ggml.tokens")
-    vocab = self.field("llama.vocab_size", len(tokens) if tokens else None)
-    if vocab is None:
-      raise VisRegionError(f"{self.name}: llama.vocab_size", "expected the vocabulary size or token list")
+    vocab = self._number("llama.vocab_size", default=len(tokens) if tokens else None)
     config = {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
-        "vocab_size": int(vocab),
+        "vocab_size": vocab,
         "hidden_size": hidden,
-        "intermediate_size": int(self._required("llama.feed_forward_length")),
-        "num_hidden_layers": int(self._required("llama.block_count")),
+        "intermediate_size": self._number("llama.feed_forward_length"),
+        "num_hidden_layers": self._number("llama.block_count"),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(self.field("llama.attention.head_count_kv", heads)),
-        "head_dim": int(self.field("llama.attention.key_length", hidden // heads)),
-        "rms_norm_eps": float(self._required("llama.attention.layer_norm_rms_epsilon")),
-        "rope_theta": float(self.field("llama.rope.freq_base", 10000.0)),
-        "max_position_embeddings": int(self.field("llama.context_length", 2048)),
+        "num_key_value_heads": self._number("llama.attention.head_count_kv", default=heads),
+        "head_dim": self._number("llama.attention.key_length", default=hidden // heads),
+        "rms_norm_eps": self._number("llama.attention.layer_norm_rms_epsilon", float),
+        "rope_theta": self._number("llama.rope.freq_base", float, 10000.0),
+        "max_position_embeddings": self._number("llama.context_length", default=2048),
         "tie_word_embeddings": "output.weight" not in self._tensors,
         "bos_token_id": self.field("tokenizer.ggml.bos_token_id"),
         "eos_token_id": self.field("tokenizer.ggml.eos_token_id"),
@@ -118,7 +123,7 @@ class GGUFSource:
       if scaling != "linear":
         raise VisRegionError(f"{self.name}: llama.rope.scaling.type", f"expected none or linear, got {scaling!r}")
       config["rope_scaling"] = {"rope_type": "linear",
-                                "factor": float(self._required("llama.rope.scaling.factor"))}
+                                "factor": self._number("llama.rope.scaling.factor", float)}
     return config
 
   def keys(self) -> set:

@@ -7,7 +7,7 @@ one shard at a time.
 
 import json
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -28,17 +28,27 @@ def default_compute_dtype() -> str:
   return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
-def fill_params(abstract: nnx.Module, source, expanded: list, config: DecoderConfig,
-                param_dtype: Optional[str], hf_prefix: str = "", our_prefix: tuple = ()) -> dict:
+def same_name(hf_key: str) -> str:
+  return hf_key
+
+
+def prefixed(prefix: str) -> Callable[[str], str]:
+  return lambda hf_key: prefix + hf_key
+
+
+def fill_params(abstract: nnx.Module, source, expanded: list, config,
+                param_dtype: Optional[str], rename: Callable[[str], str] = same_name,
+                our_prefix: tuple = ()) -> dict:
   """Reads every tensor of `expanded` from `source`: {our path: jax array}.
 
-  Shapes are checked against the abstract model before a tensor is converted, and
-  every failure names the file and HF key.
+  `rename` maps a table's HF name to the checkpoint's key (a sub-model inside an LVLM
+  checkpoint has a prefix, or several). Shapes are checked against the abstract model
+  before a tensor is converted, and every failure names the file and HF key.
   """
   abstract_params = dict(nnx.to_flat_state(nnx.state(abstract, nnx.Param)))
   values = {}
   for hf_key, ours, transform in expanded:
-    key = hf_prefix + hf_key
+    key = rename(hf_key)
     paths = [our_prefix + p for p in ours]
     if key not in source.keys():
       raise VisRegionError(f"{source.name}: {key}", "tensor missing from the checkpoint")
@@ -91,12 +101,20 @@ def open_decoder_source(path: str, dtype: Optional[str], param_dtype: Optional[s
   return tensor_files.open_hf_weights(path), config
 
 
-def from_hf(path: str, *, dtype: Optional[str] = None, param_dtype: Optional[str] = None) -> Decoder:
+def from_hf(path: str, *, dtype: Optional[str] = None, param_dtype: Optional[str] = None):
   """An HF model directory, `.gguf` file or `smollm2-135m-instruct` -> an NNX model.
 
-  `dtype` is the compute dtype (default: fp32 on CPU, bf16 on accelerators);
-  `param_dtype` casts the weights (default: keep the stored dtype).
+  A llava config gives an LVLM, anything else a Decoder. `dtype` is the compute dtype
+  (default: fp32 on CPU, bf16 on accelerators); `param_dtype` casts the weights
+  (default: keep the stored dtype).
   """
+  config_path = os.path.join(str(path), "config.json")
+  if os.path.isdir(path) and os.path.isfile(config_path):
+    d = tensor_files.read_json(config_path)
+    if isinstance(d, dict) and d.get("model_type") == "llava":
+      from visregion_jax.convert import llava  # pylint: disable=import-outside-toplevel
+      return llava.from_llava_hf(path, d, dtype=dtype or default_compute_dtype(),
+                                 param_dtype=param_dtype)
   source, config = open_decoder_source(path, dtype, param_dtype)
   table = DECODER_TABLES[config.architecture]
   expanded = table.expand(config, config.num_layers)
@@ -105,15 +123,19 @@ def from_hf(path: str, *, dtype: Optional[str] = None, param_dtype: Optional[str
   return merge_params(abstract, fill_params(abstract, source, expanded, config, param_dtype))
 
 
-def hf_tensors(params: dict, table: Table, config: DecoderConfig, num_layers: int,
-               hf_prefix: str = "", our_prefix: tuple = ()) -> tuple:
-  """(names, byte sizes, lazy generator of (name, numpy array)) for export."""
+def hf_tensors(params: dict, table: Table, config, num_layers: int,
+               rename: Callable[[str], str] = same_name, our_prefix: tuple = ()) -> tuple:
+  """(names, byte sizes, lazy tensor generator, our paths used) for export.
+
+  The generator yields (name, numpy array) one at a time, so export never holds
+  more than the shard being written.
+  """
   expanded = table.expand(config, num_layers)
   names, sizes = [], []
   for hf_key, ours, transform in expanded:
     arrays = [params[our_prefix + p] for p in ours]
     shape = transform.hf_shape([a.shape for a in arrays], config)
-    names.append(hf_prefix + hf_key)
+    names.append(rename(hf_key))
     sizes.append(int(np.prod(shape)) * arrays[0].dtype.itemsize)
 
   def generate():
@@ -144,9 +166,15 @@ def write_generation_config(out_dir: str, config: DecoderConfig) -> None:
     json.dump({k: v for k, v in generation.items() if v is not None}, f, indent=2)
 
 
-def to_hf(model: Decoder, out_dir: str, *,
+def to_hf(model, out_dir: str, *,
           max_shard_bytes: int = tensor_files.DEFAULT_MAX_SHARD_BYTES) -> str:
-  """Writes config.json, safetensors (dtype kept) and the tokenizer, loadable by transformers."""
+  """Writes config.json, safetensors (dtype kept) and the tokenizer, loadable by transformers.
+
+  A Decoder becomes LlamaForCausalLM / Phi3ForCausalLM, an LVLM llava-hf.
+  """
+  if not isinstance(model, Decoder):
+    from visregion_jax.convert import llava  # pylint: disable=import-outside-toplevel
+    return llava.to_llava_hf(model, out_dir, max_shard_bytes=max_shard_bytes)
   config = model.config.replace(num_layers=len(model.layers))
   os.makedirs(out_dir, exist_ok=True)
   params = model_params(model)

@@ -1,4 +1,4 @@
-"""Tokenizers travel with the weights: loaded from the model's source, saved on export."""
+"""Tokenizers (and image processors) travel with the weights: loaded from the source, saved on export."""
 
 import os
 import shutil
@@ -8,6 +8,7 @@ from visregion_jax.errors import VisRegionError
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+    "preprocessor_config.json", "processor_config.json",
 )
 
 

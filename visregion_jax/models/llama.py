@@ -12,8 +12,10 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from visregion_jax.errors import VisRegionError
 from visregion_jax.models import rope
 from visregion_jax.models.config import DecoderConfig
 
@@ -165,6 +167,15 @@ class Decoder(nnx.Module):
     """int32 [B, T] -> logits [B, T, V]."""
     return self.forward(input_ids, attention_mask=attention_mask).logits
 
+  def validate(self, input_ids) -> None:
+    """Token ids must index the vocabulary (checked when not traced): a gather would clamp."""
+    if isinstance(input_ids, jax.core.Tracer):
+      return
+    ids = np.asarray(input_ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+      raise VisRegionError("input_ids", f"expected token ids in [0, {self.config.vocab_size}), "
+                           f"got {ids.min()}..{ids.max()}")
+
   def embed(self, input_ids: jnp.ndarray) -> jnp.ndarray:
     return self.embed_tokens(input_ids).astype(self.config.compute_dtype)
 
@@ -184,6 +195,8 @@ class Decoder(nnx.Module):
     "last" (decoding) or "none" (layer scoring, which needs only hidden states).
     """
     cfg = self.config
+    if inputs_embeds is None:
+      self.validate(input_ids)
     x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.compute_dtype)
     b, t, _ = x.shape
     new_valid = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
