@@ -8,7 +8,7 @@ import importlib
 
 from visregion_jax.errors import VisRegionError
 
-_SUBMODULES = ("convert", "generate", "region", "prune", "models")
+_SUBMODULES = ("convert", "data", "generate", "region", "prune", "models")
 
 
 def __getattr__(name):

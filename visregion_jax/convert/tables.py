@@ -37,7 +37,8 @@ def _llama_rules():
 
 LLAMA = Table(
     architecture="llama", hf_class="LlamaForCausalLM", rules=_llama_rules(),
-    ignored=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",))
+    # Old checkpoints store the rotary buffer; matched under any prefix (LLaVA nests the decoder).
+    ignored=(r"(.+\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq",))
 
 PHI3 = Table(
     architecture="phi3", hf_class="Phi3ForCausalLM",

@@ -1,0 +1,1 @@
+"""Raw inputs (images, conversations) turned into the arrays the models consume."""
