@@ -45,12 +45,17 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   def run():
+    # Check the destination before the (possibly long) load.
+    if os.path.exists(args.dst) and not os.path.isdir(args.dst):
+      raise VisRegionError(args.dst, "expected a directory, found a file")
+    overwrite = args.command == "to-hf" and args.overwrite
+    if os.path.isdir(args.dst) and os.listdir(args.dst) and not overwrite:
+      hint = " (or pass --overwrite)" if args.command == "to-hf" else ""
+      raise VisRegionError(args.dst, f"expected a new or empty directory{hint}")
     if args.command == "from-hf":
       jax_checkpoint.save_model(from_hf(args.src, param_dtype=args.param_dtype), args.dst)
     else:
       max_shard = _parse_size(args.max_shard_size)
-      if os.path.isdir(args.dst) and os.listdir(args.dst) and not args.overwrite:
-        raise VisRegionError(args.dst, "expected a new or empty directory (or pass --overwrite)")
       model = load_any(args.src, param_dtype=args.param_dtype)
       to_hf(model, args.dst, max_shard_bytes=max_shard)
     print(f"wrote {args.dst}")

@@ -57,7 +57,10 @@ def fill_params(abstract: nnx.Module, source, expanded: list, config,
     got = source.shape(key)
     if tuple(got) != tuple(want):
       raise VisRegionError(f"{source.where(key)}: {key}", f"expected shape {list(want)}, got {list(got)}")
-    for path, array in zip(paths, transform.to_ours(source.get(key), config)):
+    array = source.get(key)
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+      raise VisRegionError(f"{source.where(key)}: {key}", f"expected a floating-point tensor, got {array.dtype}")
+    for path, array in zip(paths, transform.to_ours(array, config)):
       dtype = jnp.dtype(param_dtype) if param_dtype else array.dtype
       values[path] = jnp.asarray(array, dtype=dtype)
   return values
@@ -97,7 +100,7 @@ def open_decoder_source(path: str, dtype: Optional[str], param_dtype: Optional[s
         source.config, f"{path} (metadata)", dtype=dtype, param_dtype=param_dtype, source=path)
   config_path = os.path.join(path, "config.json")
   config = hf_config.decoder_config_from_hf(
-      tensor_files.read_json(config_path), config_path, dtype=dtype, param_dtype=param_dtype, source=path)
+      tensor_files.read_json_object(config_path), config_path, dtype=dtype, param_dtype=param_dtype, source=path)
   return tensor_files.open_hf_weights(path), config
 
 

@@ -45,22 +45,25 @@ def architecture_of(d: dict, where: str) -> str:
 
 
 def _rope(d: dict, where: str) -> tuple:
-  params = d.get("rope_parameters") or {}
-  if not params:
-    params = dict(d.get("rope_scaling") or {})
+  # transformers 5 reads a non-empty `rope_scaling` before `rope_parameters`; so do we.
+  key = "rope_scaling" if d.get("rope_scaling") else "rope_parameters"
+  params = d.get(key) or {}
   if not isinstance(params, dict):
-    raise VisRegionError(f"{where}: rope_parameters", f"expected a mapping, got {params!r}")
+    raise VisRegionError(f"{where}: {key}", f"expected a mapping, got {params!r}")
   rope_type = params.get("rope_type", params.get("type", "default"))
   if rope_type not in ROPE_TYPES:
-    raise VisRegionError(f"{where}: rope_type", f"expected one of {list(ROPE_TYPES)}, got {rope_type!r}")
-  for key in _ROPE_REQUIRED[rope_type]:
-    if not isinstance(params.get(key), (int, float)):
-      raise VisRegionError(f"{where}: rope_parameters.{key}",
-                           f"a number is required for rope_type {rope_type!r}")
-  theta = params.get("rope_theta", d.get("rope_theta", 10000.0))
-  partial = params.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0))
-  if not isinstance(theta, (int, float)) or theta <= 0:
+    raise VisRegionError(f"{where}: {key}.rope_type", f"expected one of {list(ROPE_TYPES)}, got {rope_type!r}")
+  for name in _ROPE_REQUIRED[rope_type]:
+    if not isinstance(params.get(name), (int, float)):
+      raise VisRegionError(f"{where}: {key}.{name}", f"a number is required for rope_type {rope_type!r}")
+  base = d.get("rope_parameters") if isinstance(d.get("rope_parameters"), dict) else {}
+  theta = params.get("rope_theta", base.get("rope_theta", d.get("rope_theta", 10000.0)))
+  if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
     raise VisRegionError(f"{where}: rope_theta", f"expected a positive number, got {theta!r}")
+  partial = params.get("partial_rotary_factor",
+                       base.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0)))
+  if isinstance(partial, bool) or not isinstance(partial, (int, float)) or not 0 < partial <= 1:
+    raise VisRegionError(f"{where}: partial_rotary_factor", f"expected a number in (0, 1], got {partial!r}")
   extra = tuple(sorted((k, v) for k, v in params.items() if k in _ROPE_REQUIRED[rope_type]))
   return rope_type, float(theta), float(partial), extra
 

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 from visregion_jax.convert import tokenizer
 from visregion_jax.convert.hf import merge_params, model_params
 from visregion_jax.convert.mapping import format_path, parse_path
-from visregion_jax.convert.tensor_files import read_json
+from visregion_jax.convert.tensor_files import read_json_object
 from visregion_jax.errors import VisRegionError
 from visregion_jax.models.config import DecoderConfig
 from visregion_jax.models.llama import Decoder, abstract_decoder
@@ -69,7 +69,7 @@ def save_model(model: Decoder, directory: str) -> str:
 def load_model(directory: str) -> Decoder:
   directory = os.path.abspath(directory)
   config_path = os.path.join(directory, MODEL_CONFIG)
-  config = config_from_json(read_json(config_path), config_path)
+  config = config_from_json(read_json_object(config_path), config_path)
   if config.source and not os.path.isabs(config.source):
     config = config.replace(source=os.path.join(directory, config.source))
   abstract = abstract_decoder(config)

@@ -29,6 +29,15 @@ def read_json(path: str) -> dict:
     raise VisRegionError(path, "file not found") from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise VisRegionError(path, f"expected valid UTF-8 JSON ({e})") from None
+  except OSError as e:
+    raise VisRegionError(path, f"expected a readable file ({e.strerror})") from None
+
+
+def read_json_object(path: str) -> dict:
+  d = read_json(path)
+  if not isinstance(d, dict):
+    raise VisRegionError(path, f"expected a JSON object, got {type(d).__name__}")
+  return d
 
 
 class SafetensorsSource:
@@ -40,7 +49,7 @@ class SafetensorsSource:
     self._handles = {}
     index_path = os.path.join(directory, index)
     if os.path.exists(index_path):
-      weight_map = read_json(index_path).get("weight_map")
+      weight_map = read_json_object(index_path).get("weight_map")
       if not isinstance(weight_map, dict) or not weight_map:
         raise VisRegionError(f"{index_path}: weight_map", "expected a non-empty mapping of tensor -> file")
       self._file_of = {k: self._inside(directory, f, index_path) for k, f in weight_map.items()}
@@ -73,14 +82,18 @@ class SafetensorsSource:
   def where(self, key: str) -> str:
     return self._file_of[key]
 
-  def shape(self, key: str) -> tuple:
-    return tuple(self._open(self._file_of[key]).get_slice(key).get_shape())
-
-  def get(self, key: str) -> np.ndarray:
+  def _handle_with(self, key: str):
     path = self._file_of[key]
     handle = self._open(path)
     if key not in handle.keys():
       raise VisRegionError(f"{path}: {key}", "tensor listed in the index but missing from the shard")
+    return path, handle
+
+  def shape(self, key: str) -> tuple:
+    return tuple(self._handle_with(key)[1].get_slice(key).get_shape())
+
+  def get(self, key: str) -> np.ndarray:
+    path, handle = self._handle_with(key)
     try:
       return handle.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as e:
@@ -100,7 +113,10 @@ class TorchBinSource:
     self.name = directory
     index_path = os.path.join(directory, BIN_INDEX)
     if os.path.exists(index_path):
-      files = sorted(set(read_json(index_path).get("weight_map", {}).values()))
+      weight_map = read_json_object(index_path).get("weight_map")
+      if not isinstance(weight_map, dict) or not weight_map:
+        raise VisRegionError(f"{index_path}: weight_map", "expected a non-empty mapping of tensor -> file")
+      files = sorted(set(weight_map.values()))
       paths = [SafetensorsSource._inside(directory, f, index_path) for f in files]
     else:
       paths = [os.path.join(directory, BIN_SINGLE)]

@@ -25,7 +25,7 @@ def vision_tower_from_hf(directory: str, *, dtype: Optional[str] = None,
   """`dtype` is the compute dtype (default: fp32 on CPU, bf16 on accelerators);
   `param_dtype` casts the weights (default: keep the stored dtype)."""
   config_path = os.path.join(directory, "config.json")
-  config = vision_config_from_hf(tensor_files.read_json(config_path), config_path,
+  config = vision_config_from_hf(tensor_files.read_json_object(config_path), config_path,
                                  dtype=dtype or default_compute_dtype(), param_dtype=param_dtype)
   source = tensor_files.open_hf_weights(directory)
   prefix = PREFIX if any(k.startswith(PREFIX) for k in source.keys()) else ""
