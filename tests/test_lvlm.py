@@ -174,3 +174,12 @@ def test_text_hidden_mismatch_names_projector_key(tmp_path):
   json.dump(d, open(tmp_path / "config.json", "w"))
   with pytest.raises(VisRegionError, match="expected shape"):
     convert.from_hf(str(tmp_path))
+
+
+def test_orbax_checkpoint_round_trip_via_cli(pair, tmp_path):
+  """from-hf of a llava dir to a JAX checkpoint, to-hf back: bit-exact."""
+  from visregion_jax.convert.__main__ import main  # pylint: disable=import-outside-toplevel
+  _, _, path = pair
+  assert main(["from-hf", "--src", path, "--dst", str(tmp_path / "ckpt")]) == 0
+  assert main(["to-hf", "--src", str(tmp_path / "ckpt"), "--dst", str(tmp_path / "hf")]) == 0
+  assert_bit_exact(all_tensors(path), all_tensors(str(tmp_path / "hf")))

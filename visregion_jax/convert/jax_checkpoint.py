@@ -1,7 +1,8 @@
 """The JAX side of the converter: a model saved as an orbax checkpoint directory.
 
-Layout: `visregion_model.json` (the DecoderConfig), `params/` (orbax, one entry per
-parameter path), `tokenizer/` (when the source had one). Self-contained, so the
+Layout: `visregion_model.json` (the model kind and its config), `params/` (orbax, one
+entry per parameter path), `tokenizer/` (tokenizer and processor files, when the
+source had them). Self-contained, so the
 directory can move between machines and still export to HF.
 """
 
@@ -18,61 +19,93 @@ from visregion_jax.convert.mapping import format_path, parse_path
 from visregion_jax.convert.tensor_files import read_json_object
 from visregion_jax.errors import VisRegionError
 from visregion_jax.models.config import DecoderConfig
-from visregion_jax.models.llama import Decoder, abstract_decoder
+from visregion_jax.models.llama import abstract_decoder
+from visregion_jax.models.lvlm import LVLMConfig, abstract_lvlm
+from visregion_jax.models.vision import VisionConfig
 
 MODEL_CONFIG = "visregion_model.json"
-_TUPLE_FIELDS = ("rope_scaling", "eos_token_ids")
+# kind -> (config class, abstract model builder, nested config fields)
+_KINDS = {
+    "decoder": (DecoderConfig, abstract_decoder, {}),
+    "lvlm": (LVLMConfig, abstract_lvlm, {"text": DecoderConfig, "vision": VisionConfig}),
+}
 
 
 def is_model_checkpoint(path: str) -> bool:
   return os.path.isfile(os.path.join(path, MODEL_CONFIG))
 
 
-def config_from_json(d: dict, where: str) -> DecoderConfig:
-  fields = {f.name for f in dataclasses.fields(DecoderConfig)}
+def _kind_of(config) -> str:
+  return next(kind for kind, (cls, _, _) in _KINDS.items() if isinstance(config, cls))
+
+
+def _dataclass_from_json(cls, d, where: str, nested: dict):
+  if not isinstance(d, dict):
+    raise VisRegionError(where, "expected a JSON object")
+  fields = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(d) - fields)
   if unknown:
     raise VisRegionError(f"{where}: {unknown[0]}", "unknown model config key")
-  d = dict(d)
-  for key in _TUPLE_FIELDS:
-    if key in d:
-      d[key] = tuple(tuple(x) if isinstance(x, list) else x for x in d[key])
+  values = {}
+  for key, value in d.items():
+    if key in nested:
+      value = _dataclass_from_json(nested[key], value, f"{where}: {key}", {})
+    elif isinstance(value, list):  # JSON has no tuples; configs hold tuples to stay hashable
+      value = tuple(tuple(x) if isinstance(x, list) else x for x in value)
+    values[key] = value
   try:
-    return DecoderConfig(**d)
+    return cls(**values)
   except TypeError as e:
     raise VisRegionError(where, f"expected a complete model config ({e})") from None
 
 
-def save_model(model: Decoder, directory: str) -> str:
+def config_from_json(d: dict, where: str):
+  unknown = sorted(set(d) - {"kind", "config"})
+  if unknown:
+    raise VisRegionError(f"{where}: {unknown[0]}", "unknown key (expected kind and config)")
+  kind = d.get("kind")
+  if kind not in _KINDS:
+    raise VisRegionError(f"{where}: kind", f"expected one of {sorted(_KINDS)}, got {kind!r}")
+  cls, _, nested = _KINDS[kind]
+  return _dataclass_from_json(cls, d.get("config"), f"{where}: config", nested)
+
+
+def _with_source(config, source: str):
+  if isinstance(config, LVLMConfig):
+    return config.replace(text=config.text.replace(source=source))
+  return config.replace(source=source)
+
+
+def save_model(model, directory: str) -> str:
   """Writes the model; refuses a non-empty directory rather than mixing two models."""
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and os.listdir(directory):
     raise VisRegionError(directory, "expected a new or empty directory")
   os.makedirs(directory, exist_ok=True)
-  config = model.config.replace(num_layers=len(model.layers))
+  config = model.config
   tokenizer_dir = os.path.join(directory, "tokenizer")
   os.makedirs(tokenizer_dir)
   if tokenizer.save_tokenizer(config.source, tokenizer_dir):
-    config = config.replace(source="tokenizer")  # relative: the directory may move
+    config = _with_source(config, "tokenizer")  # relative: the directory may move
   else:
     os.rmdir(tokenizer_dir)
-    config = config.replace(source="")
+    config = _with_source(config, "")
   params = {format_path(p): v for p, v in model_params(model).items()}
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(directory, "params"), params)
   checkpointer.wait_until_finished()
   with open(os.path.join(directory, MODEL_CONFIG), "w", encoding="utf-8") as f:
-    json.dump(dataclasses.asdict(config), f, indent=2)
+    json.dump({"kind": _kind_of(config), "config": dataclasses.asdict(config)}, f, indent=2)
   return directory
 
 
-def load_model(directory: str) -> Decoder:
+def load_model(directory: str):
   directory = os.path.abspath(directory)
   config_path = os.path.join(directory, MODEL_CONFIG)
   config = config_from_json(read_json_object(config_path), config_path)
   if config.source and not os.path.isabs(config.source):
-    config = config.replace(source=os.path.join(directory, config.source))
-  abstract = abstract_decoder(config)
+    config = _with_source(config, os.path.join(directory, config.source))
+  abstract = _KINDS[_kind_of(config)][1](config)
   target = {format_path(p): jax.ShapeDtypeStruct(v.shape, v.dtype)
             for p, v in model_params(abstract).items()}
   params_dir = os.path.join(directory, "params")
