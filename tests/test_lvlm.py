@@ -183,3 +183,36 @@ def test_orbax_checkpoint_round_trip_via_cli(pair, tmp_path):
   assert main(["from-hf", "--src", path, "--dst", str(tmp_path / "ckpt")]) == 0
   assert main(["to-hf", "--src", str(tmp_path / "ckpt"), "--dst", str(tmp_path / "hf")]) == 0
   assert_bit_exact(all_tensors(path), all_tensors(str(tmp_path / "hf")))
+
+
+def tiny_processor(vocab_size=110):
+  """An offline LlavaProcessor: a word-level tokenizer plus CLIP's PIL image processor."""
+  from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
+  vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab_size)}}
+  backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  backend.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
+                                             bos_token="<s>", eos_token="</s>")
+  tok.add_tokens(["<image>"], special_tokens=True)
+  image_processor = transformers.CLIPImageProcessorPil(size={"shortest_edge": IMAGE},
+                                                       crop_size={"height": IMAGE, "width": IMAGE})
+  return transformers.LlavaProcessor(image_processor=image_processor, tokenizer=tok,
+                                     patch_size=PATCH, vision_feature_select_strategy="default",
+                                     image_token="<image>", num_additional_image_tokens=1)
+
+
+def test_export_carries_tokenizer_and_processor(tmp_path):
+  hf = llava_model("clip", "llama", seed=8)
+  processor = tiny_processor()
+  assert processor.tokenizer.convert_tokens_to_ids("<image>") == 110  # after w3..w109
+  hf.config.image_token_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+  hf.save_pretrained(tmp_path / "src")
+  processor.save_pretrained(tmp_path / "src")
+  out = convert.to_hf(convert.from_hf(str(tmp_path / "src")), str(tmp_path / "out"))
+  loaded = transformers.AutoProcessor.from_pretrained(out)
+  image = np.random.RandomState(0).randint(0, 255, (40, 31, 3), np.uint8)
+  a = processor(text="w5 <image> w7", images=image, return_tensors="np")
+  b = loaded(text="w5 <image> w7", images=image, return_tensors="np")
+  np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
+  np.testing.assert_array_equal(a["pixel_values"], b["pixel_values"])
+  assert (b["input_ids"] == 110).sum() == features_per_image(hf)
