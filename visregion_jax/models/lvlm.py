@@ -83,19 +83,27 @@ class LVLM(nnx.Module):
                                        cfg.feature_layers, cfg.feature_strategy)
     return self.projector(feats.astype(cfg.text.compute_dtype))
 
-  def validate(self, input_ids, pixel_values=None) -> None:
-    """Image tokens must match the image features one to one (checked when not traced)."""
-    if isinstance(input_ids, jax.core.Tracer):
+  def validate(self, input_ids, pixel_values=None, image_mask=None) -> None:
+    """Image tokens must match the real images' features one to one (checked when not traced)."""
+    if isinstance(input_ids, jax.core.Tracer) or isinstance(image_mask, jax.core.Tracer):
       return
-    expected = 0 if pixel_values is None else pixel_values.shape[0] * self.config.num_image_tokens
+    images = 0 if pixel_values is None else pixel_values.shape[0]
+    if image_mask is not None:
+      images = int(np.sum(np.asarray(image_mask)))
+    expected = images * self.config.num_image_tokens
     found = int(np.sum(np.asarray(input_ids) == self.config.image_token_id))
     if found != expected:
       raise VisRegionError("input_ids", f"expected {expected} image tokens (images x "
                            f"features per image), found {found}")
 
-  def embed(self, input_ids: jnp.ndarray, pixel_values: Optional[jnp.ndarray]) -> jnp.ndarray:
-    """Token embeddings with image features scattered onto the image tokens, in order."""
-    self.validate(input_ids, pixel_values)
+  def embed(self, input_ids: jnp.ndarray, pixel_values: Optional[jnp.ndarray],
+            image_mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+    """Token embeddings with image features scattered onto the image tokens, in order.
+
+    Batches with a fixed image axis pad it at the end (`image_mask` False there); the
+    padding images' features are computed but land on no token.
+    """
+    self.validate(input_ids, pixel_values, image_mask)
     is_image = input_ids == self.config.image_token_id
     if pixel_values is None:
       return self.language_model.embed(input_ids)
@@ -107,12 +115,13 @@ class LVLM(nnx.Module):
     return jnp.where(is_image[..., None], placed.astype(embeds.dtype), embeds)
 
   def forward(self, input_ids: jnp.ndarray, *, pixel_values: Optional[jnp.ndarray] = None,
-              attention_mask: Optional[jnp.ndarray] = None,
+              image_mask: Optional[jnp.ndarray] = None, attention_mask: Optional[jnp.ndarray] = None,
               positions: Optional[jnp.ndarray] = None, cache: Optional[KVCache] = None,
               logits: str = "all", hidden_states: bool = False) -> DecoderOutput:
-    """As Decoder.forward; `pixel_values` float [N, H, W, 3], already normalized."""
+    """As Decoder.forward; `pixel_values` float [N, H, W, 3], already normalized, with an
+    optional `image_mask` [N] marking real images (they come first)."""
     return self.language_model.forward(
-        inputs_embeds=self.embed(input_ids, pixel_values), attention_mask=attention_mask,
+        inputs_embeds=self.embed(input_ids, pixel_values, image_mask), attention_mask=attention_mask,
         positions=positions, cache=cache, logits=logits, hidden_states=hidden_states)
 
   def init_cache(self, batch: int, length: int) -> KVCache:
