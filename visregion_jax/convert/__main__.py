@@ -6,14 +6,33 @@ import sys
 from visregion_jax import cli
 from visregion_jax.convert import jax_checkpoint
 from visregion_jax.convert.hf import from_hf, to_hf
+from visregion_jax.convert.llava_original import from_llava_original, is_llava_original
 from visregion_jax.errors import VisRegionError
 
 
-def load_any(src: str, dtype=None, param_dtype=None):
-  """A JAX checkpoint directory, or anything from_hf reads (HF dir, .gguf, alias)."""
+def load_hf(src: str, dtype=None, param_dtype=None, **original):
+  """Anything from_hf reads (HF dir, .gguf, alias), or an original LLaVA / Bunny checkpoint:
+  detected from its config.json, or implied by an `original` option (vision_tower,
+  adapter, image_token_id) of from_llava_original."""
+  if any(v is not None for v in original.values()) or is_llava_original(src):
+    return from_llava_original(src, dtype=dtype, param_dtype=param_dtype, **original)
+  return from_hf(src, dtype=dtype, param_dtype=param_dtype)
+
+
+def load_any(src: str, dtype=None, param_dtype=None, **original):
+  """A JAX checkpoint directory, or anything load_hf reads."""
   if jax_checkpoint.is_model_checkpoint(src):
     return jax_checkpoint.load_model(src)
-  return from_hf(src, dtype=dtype, param_dtype=param_dtype)
+  return load_hf(src, dtype=dtype, param_dtype=param_dtype, **original)
+
+
+def _add_original_options(parser) -> None:
+  group = parser.add_argument_group("original LLaVA / Bunny checkpoints")
+  group.add_argument("--vision-tower", default=None,
+                     help="the CLIP / SigLIP HF directory that mm_vision_tower names")
+  group.add_argument("--adapter", default=None, help="a PEFT LoRA adapter directory, merged on import")
+  group.add_argument("--image-token-id", type=int, default=None,
+                     help="the token id marking image features (default: add an <image> token)")
 
 
 def _parse_size(text: str) -> int:
@@ -38,11 +57,15 @@ def main(argv=None) -> int:
   to.add_argument("--param-dtype", choices=("float32", "bfloat16", "float16"), default=None,
                   help="cast weights on the way (default: keep their dtype)")
   to.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --dst")
+  _add_original_options(to)
   frm = sub.add_parser("from-hf", help="HF directory or .gguf file -> JAX checkpoint directory")
   frm.add_argument("--src", required=True, help="HF directory, .gguf file or smollm2-135m-instruct")
   frm.add_argument("--dst", required=True)
   frm.add_argument("--param-dtype", choices=("float32", "bfloat16", "float16"), default=None)
+  _add_original_options(frm)
   args = parser.parse_args(argv)
+  original = dict(vision_tower=args.vision_tower, adapter=args.adapter,
+                  image_token_id=args.image_token_id)
 
   def run():
     # Check the destination before the (possibly long) load.
@@ -53,10 +76,10 @@ def main(argv=None) -> int:
       hint = " (or pass --overwrite)" if args.command == "to-hf" else ""
       raise VisRegionError(args.dst, f"expected a new or empty directory{hint}")
     if args.command == "from-hf":
-      jax_checkpoint.save_model(from_hf(args.src, param_dtype=args.param_dtype), args.dst)
+      jax_checkpoint.save_model(load_hf(args.src, param_dtype=args.param_dtype, **original), args.dst)
     else:
       max_shard = _parse_size(args.max_shard_size)
-      model = load_any(args.src, param_dtype=args.param_dtype)
+      model = load_any(args.src, param_dtype=args.param_dtype, **original)
       to_hf(model, args.dst, max_shard_bytes=max_shard)
     print(f"wrote {args.dst}")
 

@@ -21,6 +21,7 @@ from visregion_jax.convert.tables import DECODER_TABLES
 from visregion_jax.errors import VisRegionError
 from visregion_jax.models.config import DecoderConfig
 from visregion_jax.models.llama import Decoder, abstract_decoder
+from visregion_jax.models.lora import lora_linears
 
 
 def default_compute_dtype() -> str:
@@ -151,7 +152,12 @@ def hf_tensors(params: dict, table: Table, config, num_layers: int,
 
 
 def model_params(model: nnx.Module) -> dict:
-  return {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  """{path: array} of the base parameters, LoRA factors merged into their kernels."""
+  params = {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+            if not isinstance(v, nnx.LoRAParam)}
+  for path, dense in lora_linears(model):
+    params[tuple(path) + ("kernel",)] = dense.merged_kernel()
+  return params
 
 
 def check_all_exported(params: dict, used: set) -> None:

@@ -103,7 +103,7 @@ class SafetensorsSource:
 class TorchBinSource:
   """Legacy `pytorch_model.bin` checkpoints, read with `weights_only=True` (no pickle code)."""
 
-  def __init__(self, directory: str):
+  def __init__(self, directory: str, single: str = BIN_SINGLE, index: str = BIN_INDEX):
     try:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError:
@@ -111,7 +111,7 @@ class TorchBinSource:
                            "(or convert it to safetensors)") from None
     self._torch = torch
     self.name = directory
-    index_path = os.path.join(directory, BIN_INDEX)
+    index_path = os.path.join(directory, index)
     if os.path.exists(index_path):
       weight_map = read_json_object(index_path).get("weight_map")
       if not isinstance(weight_map, dict) or not weight_map:
@@ -119,7 +119,7 @@ class TorchBinSource:
       files = sorted(set(weight_map.values()))
       paths = [SafetensorsSource._inside(directory, f, index_path) for f in files]
     else:
-      paths = [os.path.join(directory, BIN_SINGLE)]
+      paths = [os.path.join(directory, single)]
     self._tensors, self._file_of = {}, {}
     for path in paths:
       try:

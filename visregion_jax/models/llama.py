@@ -18,18 +18,16 @@ from flax import nnx
 from visregion_jax.errors import VisRegionError
 from visregion_jax.models import rope
 from visregion_jax.models.config import DecoderConfig
+from visregion_jax.models.lora import Dense
 
 # Logical axis names of every parameter; sharding.py maps them to mesh axes.
 EMBED, MLP, HEADS, KV_HEADS, VOCAB = "embed", "mlp", "heads", "kv_heads", "vocab"
 
 
 def _linear(config: DecoderConfig, d_in: int, d_out: int, axes: tuple, bias: bool,
-            rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(
-      d_in, d_out, use_bias=bias, dtype=config.compute_dtype,
-      param_dtype=jnp.dtype(config.param_dtype), rngs=rngs,
-      kernel_init=nnx.initializers.normal(0.02),
-      kernel_metadata={"logical_axes": axes}, bias_metadata={"logical_axes": axes[1:]})
+            rngs: nnx.Rngs) -> Dense:
+  return Dense(d_in, d_out, use_bias=bias, dtype=config.compute_dtype,
+               param_dtype=jnp.dtype(config.param_dtype), logical_axes=axes, rngs=rngs)
 
 
 class RMSNorm(nnx.Module):
