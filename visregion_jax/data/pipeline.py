@@ -1,0 +1,161 @@
+"""The grain input pipeline: source -> shuffled indices -> samples in workers -> batches.
+
+Each process reads its own slice of a globally shuffled index stream (shuffle by seed,
+reshuffled each epoch), so the processes of a pod together see every sample of an
+epoch once. Loading, tokenization and image preprocessing run in grain worker
+processes (numpy and PIL only: JAX stays in the main process). Bad samples come out
+of the workers as `{"skip": reason}` records and are counted and dropped in the main
+process, so counts are exact however many workers run. Batches have fixed shapes
+(padding to `max_length` or to the smallest fitting bucket) to bound recompiles.
+"""
+
+import dataclasses
+import io
+from typing import Optional
+
+import grain
+from absl import flags
+import numpy as np
+from PIL import Image
+
+from visregion_jax.data import image_processing, skip
+from visregion_jax.data.tokenize import TokenizeConfig, tokenize_conversation
+from visregion_jax.errors import VisRegionError
+
+IGNORE = -100
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  template: str
+  max_length: int
+  global_batch_size: int
+  image_token_id: int
+  num_image_tokens: int
+  image: image_processing.ImageProcessorConfig
+  pad_token_id: int = 0
+  pad_to_square: bool = True
+  max_images_per_sample: int = 1
+  buckets: tuple = ()              # sequence lengths to pad to; () pads to max_length
+  num_workers: int = 0              # grain worker processes (0: threads in this process)
+  read_threads: int = 4
+  prefetch_buffer: int = 16
+  seed: int = 0
+  num_epochs: Optional[int] = None  # None repeats forever
+
+  def tokenize_config(self) -> TokenizeConfig:
+    return TokenizeConfig(template=self.template, max_length=self.max_length,
+                          image_token_id=self.image_token_id, num_image_tokens=self.num_image_tokens)
+
+
+class SampleLoader:
+  """index -> training sample, or `{"skip": reason}`; picklable for worker processes."""
+
+  def __init__(self, source, tokenizer, config: DataConfig):
+    self.source, self.tokenizer, self.config = source, tokenizer, config
+
+  def decode_images(self, encoded: list, index: int) -> np.ndarray:
+    images = []
+    for data in encoded:
+      try:
+        with Image.open(io.BytesIO(data)) as image:
+          image.load()
+          images.append(image.copy())
+      except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise skip.SkipSample(skip.CORRUPT_IMAGE, f"sample {index}: {e}") from None
+    if not images:
+      size = self.config.image.crop_size or self.config.image.size
+      return np.zeros((0, size, size, 3), np.float32)
+    try:
+      return image_processing.preprocess(images, self.config.image, self.config.pad_to_square)
+    except VisRegionError as e:
+      raise skip.SkipSample(skip.CORRUPT_IMAGE, f"sample {index}: {e}") from None
+
+  def __call__(self, index: int) -> dict:
+    index = int(index)
+    try:
+      record = self.source[index]
+      if len(record["images"]) > self.config.max_images_per_sample:
+        raise skip.SkipSample(skip.WRONG_TYPES, f"sample {index}: more than "
+                              f"{self.config.max_images_per_sample} images")
+      tokens = tokenize_conversation(record["conversations"], len(record["images"]), self.tokenizer,
+                                     self.config.tokenize_config())
+      pixels = self.decode_images(record["images"], index)
+    except skip.SkipSample as e:
+      return {"skip": e.reason, "index": index}
+    return {"index": index, "input_ids": tokens.input_ids, "labels": tokens.labels,
+            "pixel_values": pixels, "truncated": tokens.truncated}
+
+
+class CountAndDropSkips:
+  """Main-process filter: counts skip reasons (and truncations) and drops skipped records."""
+
+  def __init__(self, counter: skip.SkipCounter):
+    self.counter = counter
+
+  def __call__(self, record: dict) -> bool:
+    if "skip" in record:
+      self.counter.add(record["skip"])
+      return False
+    if record["truncated"]:
+      self.counter.add(skip.TRUNCATED)
+    return True
+
+
+def padded_length(longest: int, config: DataConfig) -> int:
+  for bucket in sorted(config.buckets):
+    if longest <= bucket:
+      return bucket
+  return config.max_length
+
+
+def collate(records: list, config: DataConfig) -> dict:
+  """Fixed-shape numpy batch; the batch's images come first in the image axis, in order."""
+  length = padded_length(max(len(r["input_ids"]) for r in records), config)
+  b = len(records)
+  input_ids = np.full((b, length), config.pad_token_id, np.int32)
+  labels = np.full((b, length), IGNORE, np.int32)
+  attention_mask = np.zeros((b, length), np.int32)
+  for i, r in enumerate(records):
+    n = len(r["input_ids"])
+    input_ids[i, :n], labels[i, :n], attention_mask[i, :n] = r["input_ids"], r["labels"], 1
+  images = [r["pixel_values"] for r in records]
+  shape = images[0].shape[1:]
+  slots = b * config.max_images_per_sample
+  pixel_values = np.zeros((slots, *shape), np.float32)
+  stacked = np.concatenate(images, axis=0)
+  pixel_values[:len(stacked)] = stacked
+  image_mask = np.arange(slots) < len(stacked)
+  return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
+          "pixel_values": pixel_values, "image_mask": image_mask,
+          "index": np.array([r["index"] for r in records], np.int64)}
+
+
+def local_batch_size(config: DataConfig, process_count: int) -> int:
+  if config.global_batch_size % process_count:
+    raise VisRegionError("train.batch_size", f"expected a multiple of the process count "
+                         f"{process_count}, got {config.global_batch_size}")
+  return config.global_batch_size // process_count
+
+
+def make_batches(source, tokenizer, config: DataConfig, *, counter: skip.SkipCounter,
+                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """This process's batches (global batch / process count samples each).
+
+  Iterate with `iter(...)`; the iterator's `get_state()` / `set_state()` resume it
+  exactly (the train loop checkpoints that state beside the model).
+  """
+  if len(source) == 0:
+    raise VisRegionError("data", "expected at least one sample in the source")
+  batch = local_batch_size(config, process_count)
+  indices = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat(config.num_epochs)
+  indices = indices[process_index::process_count]
+  read = grain.ReadOptions(num_threads=config.read_threads,
+                           prefetch_buffer_size=max(config.prefetch_buffer, config.read_threads))
+  samples = indices.map(SampleLoader(source, tokenizer, config)).to_iter_dataset(read)
+  if config.num_workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; library callers never parse them
+      flags.FLAGS.mark_as_parsed()
+    samples = samples.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
+  return samples.filter(CountAndDropSkips(counter)).batch(
+      batch, drop_remainder=True, batch_fn=lambda records: collate(records, config))
