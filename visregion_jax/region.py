@@ -64,3 +64,44 @@ def select_layers(num_layers: int, fraction: float = 0.25, strategy: str = "unif
   below = _spread(lower, k_lower)
   above = [num_layers - 1 - math.floor(j * upper / k_upper) for j in range(k_upper)]
   return tuple(sorted(below + above))
+
+
+# --- trainability -------------------------------------------------------------------
+# One labeler decides, from a parameter's path, which group it belongs to. The same
+# labels pick what is differentiated, the optimizer group (lr, weight decay), what a
+# checkpoint stores and what export merges; nothing else re-derives trainability.
+FROZEN, PROJECTOR, REGION, LORA, VISION = "frozen", "projector", "region", "lora", "vision"
+LABELS = (FROZEN, PROJECTOR, REGION, LORA, VISION)
+LORA_FACTORS = ("lora_a", "lora_b")
+
+
+def decoder_layer_of(path: tuple):
+  """The decoder layer index a parameter path lies in, or None (embeddings, norm, head,
+  vision tower, projector). An LVLM nests the decoder under `language_model`."""
+  parts = path[1:] if path and path[0] == "language_model" else path
+  if len(parts) >= 2 and parts[0] == "layers":
+    return int(parts[1])
+  return None
+
+
+def label_of(path: tuple, region_layers, *, lora: bool, train_vision: bool = False) -> str:
+  if path[0] == "projector":
+    return PROJECTOR
+  if path[0] == "vision_tower":
+    return VISION if train_vision else FROZEN
+  layer = decoder_layer_of(path)
+  if layer is None or layer not in region_layers:
+    return FROZEN
+  is_factor = str(path[-1]) in LORA_FACTORS
+  if lora:
+    return LORA if is_factor else FROZEN
+  return REGION
+
+
+def param_labels(params, region_layers, *, lora: bool, train_vision: bool = False):
+  """A label for every leaf of an `nnx.State` of parameters (same tree structure)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  region_layers = frozenset(region_layers)
+  return nnx.map_state(
+      lambda path, _: label_of(tuple(path), region_layers, lora=lora, train_vision=train_vision),
+      params)

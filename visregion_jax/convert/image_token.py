@@ -12,6 +12,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from typing import Optional
 
 import numpy as np
 
@@ -53,13 +54,13 @@ def existing_image_token(tokenizer_dir: str):
   return tokenizer.load_tokenizer(tokenizer_dir).get_vocab().get(IMAGE_TOKEN)
 
 
-def tokenizer_with_image_token(tokenizer_dir: str, token_id: int) -> str:
+def tokenizer_with_image_token(tokenizer_dir: str, token_id: int, out: Optional[str] = None) -> str:
   """A directory with `tokenizer_dir`'s tokenizer plus `<image>` at `token_id`.
 
   Export and checkpoint saving copy the tokenizer from the model config's `source`
-  directory, so the extended tokenizer is written once to a directory that lives as
-  long as the process; the other files there (chat template, image processor) are
-  copied alongside.
+  directory, so the extended tokenizer is written once: to `out` (a training run's
+  workdir), or else to a directory that lives as long as the process; the other
+  files there (chat template, image processor) are copied alongside.
   """
   from transformers import AddedToken  # pylint: disable=import-outside-toplevel
   tok = tokenizer.load_tokenizer(tokenizer_dir)
@@ -70,11 +71,14 @@ def tokenizer_with_image_token(tokenizer_dir: str, token_id: int) -> str:
     raise VisRegionError(tokenizer_dir, f"expected the tokenizer to give {IMAGE_TOKEN} the new "
                          f"vocabulary row {token_id}, got {got} (the tokenizer has {size} tokens "
                          f"for {token_id} rows); pass the image token id (--image-token-id)")
-  out = tempfile.mkdtemp(prefix="visregion_tokenizer_")
-  atexit.register(shutil.rmtree, out, ignore_errors=True)
+  if out is None:
+    out = tempfile.mkdtemp(prefix="visregion_tokenizer_")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+  os.makedirs(out, exist_ok=True)
   tok.save_pretrained(out)
+  source_dir = tokenizer_dir if os.path.isdir(tokenizer_dir) else os.path.dirname(tokenizer_dir)
   for name in tokenizer.TOKENIZER_FILES:
-    src = os.path.join(tokenizer_dir, name)
+    src = os.path.join(source_dir, name)
     if os.path.isfile(src) and not os.path.exists(os.path.join(out, name)):
       shutil.copyfile(src, os.path.join(out, name))
   return out

@@ -1,0 +1,39 @@
+"""The demo: SmolLM2-135M-Instruct learns to see, on this CPU, in a few minutes.
+
+A small CLIP-style tower is first pretrained by the demo on the synthetic images
+(cached in the workdir), then frozen; the projector and the uniform 25% region of
+SmolLM2's 30 layers are trained on the synthetic image-QA set.
+"""
+
+from base import base_config
+
+
+def get_config():
+  c = base_config()
+  c.workdir = "demo_workdir"
+  c.model.init_from = "smollm2-135m-instruct"
+  c.model.vision_tower = "{workdir}/vision_tower"
+  c.model.pretrain_vision_tower = dict(image_size=48, patch_size=8, hidden_size=128,
+                                       num_layers=4, num_heads=4)
+  c.data.synthetic_root = "{workdir}/data"
+  c.data.synthetic_sizes = dict(num_train=2000, num_eval=200, image_size=64)
+  c.data.train_json = "{workdir}/data/train.json"
+  c.data.eval_json = "{workdir}/data/eval.json"
+  c.data.text_eval_json = "{workdir}/data/text_eval.json"
+  c.data.image_root = "{workdir}/data"
+  c.data.template = "tokenizer"   # SmolLM2's own chat template (chatml)
+  c.data.max_length = 128
+  c.data.buckets = (96, 128)
+  c.data.num_workers = 0
+  c.region.strategy = "uniform"
+  c.region.lora_rank = 0          # full update of the 8 region layers
+  c.train.steps = 120
+  c.train.batch_size = 8
+  c.train.lr = 1e-4
+  c.train.projector_lr = 1e-3
+  c.train.log_every = 10
+  c.train.checkpoint_every = 60
+  c.eval.at_start = True
+  c.eval.num_samples = 64
+  c.eval.max_new_tokens = 8
+  return c
