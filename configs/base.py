@@ -71,6 +71,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.num_samples = 64
   c.eval.max_new_tokens = 16
 
+  c.prune = ml_collections.ConfigDict()
+  c.prune.model = ""               # HF dir to prune; "" = the training run's export WORKDIR/hf
+  c.prune.k = 2                    # layers to remove
+  c.prune.metric = "block_influence"  # or "angular"
+  c.prune.block_size = 1
+  c.prune.tokens = "all"           # "text" / "image": score on those tokens only
+  c.prune.contiguous = False       # baseline: drop the lowest-scoring block of k layers
+  c.prune.allow_region = False     # baseline: region layers may be removed too
+  c.prune.calibration_samples = 64
+  c.prune.calibration_json = ""    # "" = data.train_json
+  c.prune.batch_size = 8
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = 1
   c.mesh.fsdp = -1

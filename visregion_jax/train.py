@@ -125,6 +125,9 @@ def run(config) -> dict:
   sharding.maybe_initialize_distributed(config.get("distributed", False))
   workdir = os.path.abspath(config.workdir)
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:  # what pruning and exports of this run read back
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json(indent=2))
   prepare_inputs(config)
   t = config.train
   if t.batch_size % t.grad_accum:
@@ -222,6 +225,9 @@ def run(config) -> dict:
           "step": done, "bad_steps_in_a_row": bad_in_a_row, "skipped": counter.counts(),
           "base_fingerprint": base_fingerprint, "init_from": str(config.model.init_from),
           "region_layers": list(layers)})
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "region.json"), "w", encoding="utf-8") as f:
+      json.dump({"region_layers": list(layers), "num_layers": len(model.layers)}, f)
   checkpoints.wait()
   checkpoints.close()
   final = current_model()
