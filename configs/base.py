@@ -17,6 +17,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.init_from = ""           # llava-hf dir, or a decoder (HF dir, .gguf, smollm2-135m-instruct)
   c.model.vision_tower = ""        # HF CLIP/SigLIP dir, when init_from is a decoder
+  c.model.architecture = ""        # dry run without local weights: a preset of dry_run.ARCHITECTURES
   c.model.pretrain_vision_tower = None  # demo: kwargs for vision_pretrain (tower written to vision_tower)
   c.model.projector_type = "mlp2x_gelu"
   c.model.feature_layers = (-2,)
@@ -82,6 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.prune.calibration_samples = 64
   c.prune.calibration_json = ""    # "" = data.train_json
   c.prune.batch_size = 8
+  c.prune.scores_json = ""         # reuse a scores.json of this model (same depth, block size, metric)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = 1

@@ -14,7 +14,8 @@ def get_config():
   c.model.init_from = "smollm2-135m-instruct"
   c.model.vision_tower = "{workdir}/vision_tower"
   c.model.pretrain_vision_tower = dict(image_size=48, patch_size=8, hidden_size=128,
-                                       num_layers=4, num_heads=4)
+                                       num_layers=4, num_heads=4, steps=600, batch_size=64,
+                                       learning_rate=2e-3)
   c.data.synthetic_root = "{workdir}/data"
   c.data.synthetic_sizes = dict(num_train=2000, num_eval=200, image_size=64)
   c.data.train_json = "{workdir}/data/train.json"

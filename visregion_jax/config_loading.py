@@ -38,7 +38,15 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 
 def parse_value(text: str, current, key: str):
-  """`text` as the type of `current` (bools by name, numbers, tuples and lists literally)."""
+  """`text` as the type of `current` (bools by name, numbers, tuples, lists and dicts literally)."""
+  if isinstance(current, (dict, ml_collections.ConfigDict)):
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = None
+    if not isinstance(value, dict):
+      raise VisRegionError(f"--config.{key}", f"expected a dict literal, got {text!r}")
+    return ml_collections.ConfigDict(value)
   if isinstance(current, bool):
     if text.lower() in _TRUE:
       return True
@@ -70,7 +78,10 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
     if i < len(parts) - 1:
       node = node[part]
   with node.unlocked():
-    node[parts[-1]] = parse_value(text, node[parts[-1]], key)
+    try:
+      node[parts[-1]] = parse_value(text, node[parts[-1]], key)
+    except TypeError as e:  # ml_collections refuses a type change
+      raise VisRegionError(f"--config.{key}", f"expected a value of the key's type ({e})") from None
 
 
 def load_config(argv: list, prog: str) -> ml_collections.ConfigDict:

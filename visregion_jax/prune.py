@@ -140,3 +140,12 @@ def check_scores_match(scores, model, where: str) -> None:
   if len(scores) != len(model.layers):
     raise VisRegionError(where, f"expected {len(model.layers)} layer scores for this model, got {len(scores)}")
 
+
+def main(argv=None) -> int:
+  """`python -m visregion_jax.prune --config ...`; the command lives in prune_cli."""
+  from visregion_jax import prune_cli  # pylint: disable=import-outside-toplevel
+  return prune_cli.main(argv)
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -26,8 +26,14 @@ def maybe_initialize_distributed(requested: bool) -> None:
   """`jax.distributed.initialize()` only for a multi-process job: it raises on a single
   host without a coordinator. TPU pods and `JAX_COORDINATOR_ADDRESS` launches qualify."""
   if requested or os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES"):
-    if not jax.distributed.is_initialized():
-      jax.distributed.initialize()
+    if jax.distributed.is_initialized():
+      return
+    # jax reads the coordinator from the environment but not the process count / id.
+    count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    kwargs = {}
+    if count is not None and index is not None:
+      kwargs = {"num_processes": int(count), "process_id": int(index)}
+    jax.distributed.initialize(**kwargs)
 
 
 def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple:

@@ -107,15 +107,13 @@ def evaluate_model(config, model, tokenizer, data_config) -> dict:
 
 def prepare_inputs(config) -> None:
   """Demo-style configs may ask for the synthetic data and a pretrained tower first."""
-  if config.data.get("synthetic_root"):
-    from visregion_jax.data import synthetic  # pylint: disable=import-outside-toplevel
-    synthetic.write_synthetic_dataset(config.data.synthetic_root, seed=config.seed,
-                                      **dict(config.data.get("synthetic_sizes") or {}))
+  if not config.data.get("synthetic_root"):
+    return
+  from visregion_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  dataset = synthetic.write_synthetic_dataset(config.data.synthetic_root, seed=config.seed,
+                                              **dict(config.data.get("synthetic_sizes") or {}))
   if config.model.get("pretrain_vision_tower"):
     from visregion_jax import vision_pretrain  # pylint: disable=import-outside-toplevel
-    from visregion_jax.data import synthetic  # pylint: disable=import-outside-toplevel
-    dataset = synthetic.write_synthetic_dataset(config.data.synthetic_root, seed=config.seed,
-                                                **dict(config.data.get("synthetic_sizes") or {}))
     vision_pretrain.pretrain_vision_tower(dataset, config.model.vision_tower, seed=config.seed,
                                           log=log_line, **dict(config.model.pretrain_vision_tower))
 
@@ -133,6 +131,10 @@ def run(config) -> dict:
   if t.batch_size % t.grad_accum:
     raise VisRegionError("train.grad_accum", f"expected a divisor of train.batch_size={t.batch_size}")
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if (t.batch_size // t.grad_accum) % batch_shards:
+    raise VisRegionError("train.batch_size", f"expected batch_size / grad_accum to be a multiple of "
+                         f"mesh data*fsdp = {batch_shards}, got {t.batch_size} / {t.grad_accum}")
   model, layers = model_builder.build_model(config, workdir)
   base_fingerprint = model_builder.fingerprint(model)
   lora = config.region.lora_rank > 0
@@ -148,7 +150,7 @@ def run(config) -> dict:
   rest = jax.device_put(rest, sharding.replicated(mesh))
   labels = region.param_labels(params, layers, lora=lora, train_vision=train_vision)
   tx, schedules = optim.make_optimizer(t, labels)
-  opt_state = jax.jit(tx.init)(params)
+  opt_state = tx.init(params)  # eager: each moment keeps its parameter's sharding
 
   tokenizer = load_tokenizer(model.config.source)
   data_config = data_config_for(config, model, tokenizer, config.model.get("vision_tower"))

@@ -21,7 +21,7 @@ from visregion_jax.models.config import DecoderConfig
 from visregion_jax.models.lora import Dense
 
 # Logical axis names of every parameter; sharding.py maps them to mesh axes.
-EMBED, MLP, HEADS, KV_HEADS, VOCAB = "embed", "mlp", "heads", "kv_heads", "vocab"
+EMBED, MLP_AXIS, HEADS, KV_HEADS, VOCAB = "embed", "mlp", "heads", "kv_heads", "vocab"
 
 
 def _linear(config: DecoderConfig, d_in: int, d_out: int, axes: tuple, bias: bool,
@@ -112,9 +112,9 @@ class MLP(nnx.Module):
 
   def __init__(self, config: DecoderConfig, rngs: nnx.Rngs):
     h, m, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-    self.gate_proj = _linear(config, h, m, (EMBED, MLP), bias, rngs)
-    self.up_proj = _linear(config, h, m, (EMBED, MLP), bias, rngs)
-    self.down_proj = _linear(config, m, h, (MLP, EMBED), bias, rngs)
+    self.gate_proj = _linear(config, h, m, (EMBED, MLP_AXIS), bias, rngs)
+    self.up_proj = _linear(config, h, m, (EMBED, MLP_AXIS), bias, rngs)
+    self.down_proj = _linear(config, m, h, (MLP_AXIS, EMBED), bias, rngs)
 
   def __call__(self, x):
     return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from visregion_jax.errors import VisRegionError
-from visregion_jax.models.llama import EMBED, HEADS, MLP
+from visregion_jax.models.llama import EMBED, HEADS, MLP_AXIS
 
 KINDS = ("clip", "siglip")
 FEATURE_STRATEGIES = ("default", "full")
@@ -124,8 +124,8 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
   def __init__(self, config: VisionConfig, rngs: nnx.Rngs):
     self.act = ACTIVATIONS[config.hidden_act]
-    self.fc1 = _linear(config, config.hidden_size, config.intermediate_size, (EMBED, MLP), rngs)
-    self.fc2 = _linear(config, config.intermediate_size, config.hidden_size, (MLP, EMBED), rngs)
+    self.fc1 = _linear(config, config.hidden_size, config.intermediate_size, (EMBED, MLP_AXIS), rngs)
+    self.fc2 = _linear(config, config.intermediate_size, config.hidden_size, (MLP_AXIS, EMBED), rngs)
 
   def __call__(self, x):
     return self.fc2(self.act(self.fc1(x)))
