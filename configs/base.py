@@ -71,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.at_end = True
   c.eval.num_samples = 64
   c.eval.max_new_tokens = 16
+  c.eval.transformers_check = False  # after export: transformers answers a held-out question
 
   c.prune = ml_collections.ConfigDict()
   c.prune.model = ""               # HF dir to prune; "" = the training run's export WORKDIR/hf

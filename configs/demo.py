@@ -31,10 +31,11 @@ def get_config():
   c.train.steps = 120
   c.train.batch_size = 8
   c.train.lr = 1e-4
-  c.train.projector_lr = 1e-3
+  c.train.projector_lr = 1e-3     # the demo's projector starts random (no stage-1 pretraining)
   c.train.log_every = 10
   c.train.checkpoint_every = 60
   c.eval.at_start = True
   c.eval.num_samples = 64
   c.eval.max_new_tokens = 8
+  c.eval.transformers_check = True
   return c

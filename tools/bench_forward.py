@@ -1,16 +1,19 @@
 """Benchmark: the JAX SmolLM2-135M against transformers on this CPU, as ratios.
 
-Measures, in one process and one run:
-  1. prefill throughput (full-sequence logits, tokens/s), JAX jit vs PyTorch eager;
+Measures, in one run:
+  1. prefill throughput (logits for every token, tokens/s), JAX jit vs PyTorch eager;
   2. greedy decode throughput (new tokens/s), `visregion_jax.generate` vs `hf.generate`;
   3. conversion memory: the peak RSS above the post-import baseline of `from_hf` and of
      the `from-hf` CLI path (`from_hf` + `jax_checkpoint.save_model`), each in a fresh
      subprocess, divided by the fp32 safetensors checkpoint size (goal: <= 1.5x).
 
-Absolute numbers depend on the machine; JAX and PyTorch run back to back on the same
-inputs and thread count, so their ratio is what carries over between machines. The
-memory ratio is relative to the checkpoint size for the same reason. This is a script,
-not a test: it asserts nothing and prints a table.
+Absolute numbers depend on the machine, so the script reports ratios measured in the
+same run: JAX and PyTorch time the same inputs with the same cores, alternating, so
+the machine's speed cancels; memory is relative to the checkpoint size for the same
+reason. Rates use the best of N runs, since other processes only ever add time. On a
+shared machine they still skew the ratio (PyTorch's OpenMP threads suffer far more
+from a busy core than XLA's pool), so each timed section also prints how many cores
+other processes used meanwhile. A script, not a test: it asserts nothing.
 
   .venv/bin/python tools/bench_forward.py [--help]
 """
@@ -20,8 +23,6 @@ import glob
 import json
 import os
 import platform
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,8 @@ import time
 
 MODEL = "smollm2-135m-instruct"
 RSS_GOAL = 1.5
-_CHILD_FLAG = "--_rss-child"
+_BUSY_WARN = 0.25  # cores used by other processes above which timings are suspect
+_CHILD_FLAG = "--_rss-child"  # hidden: run one conversion and print its memory as JSON
 
 
 def _status_kib() -> dict:
@@ -47,21 +49,21 @@ def _status_kib() -> dict:
 class _PeakSampler:
   """Polls /proc/self/status to split the peak into anonymous and file-mapped memory.
 
-  ru_maxrss gives only the total high-water mark; whether the excess is our copies
+  VmHWM gives only the total high-water mark; whether the excess is our own copies
   (anon) or mmapped checkpoint pages (file) decides what a fix would look like.
   """
 
   def __init__(self, interval_s: float = 0.002):
     self.interval_s = interval_s
-    self.peak = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
+    self.peak = {"RssAnon": 0, "RssFile": 0}
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, daemon=True)
 
   def _run(self):
     while not self._stop.is_set():
-      for k, v in _status_kib().items():
-        if k in self.peak:
-          self.peak[k] = max(self.peak[k], v)
+      for key, value in _status_kib().items():
+        if key in self.peak:
+          self.peak[key] = max(self.peak[key], value)
       time.sleep(self.interval_s)
 
   def __enter__(self):
@@ -74,24 +76,25 @@ class _PeakSampler:
 
 
 def _rss_child(mode: str, src: str, dst: str) -> None:
-  """Runs one conversion in this fresh process; prints its memory numbers as JSON."""
-  import jax  # pylint: disable=import-outside-toplevel
+  """Runs one conversion in this fresh process; prints its memory numbers as JSON.
+
+  The peak is VmHWM, not ru_maxrss: Linux carries the pre-exec image's high-water mark
+  into ru_maxrss across exec, so a child of this multi-GB benchmark would report the
+  parent's RSS. VmHWM belongs to the new address space only.
+  """
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from visregion_jax import convert  # pylint: disable=import-outside-toplevel
   from visregion_jax.convert import jax_checkpoint  # pylint: disable=import-outside-toplevel
   jnp.zeros(1).block_until_ready()  # the CPU client's own memory is not conversion memory
-  del jax
   base = _status_kib()
-  base_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   t0 = time.perf_counter()
   with _PeakSampler() as sampler:
     model = convert.from_hf(src)
+    loaded = _status_kib()
     if mode == "cli":
       jax_checkpoint.save_model(model, dst)
-  seconds = time.perf_counter() - t0
-  print(json.dumps({"base": base, "base_maxrss": base_maxrss, "seconds": seconds,
-                    "peak_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                    "sampled_peak": sampler.peak, "end": _status_kib()}))
+  print(json.dumps({"base": base, "loaded": loaded, "end": _status_kib(),
+                    "seconds": time.perf_counter() - t0, "sampled_peak": sampler.peak}))
 
 
 def _run_child(mode: str, src: str, dst: str) -> dict:
@@ -102,13 +105,40 @@ def _run_child(mode: str, src: str, dst: str) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _time(fn, repeats: int) -> list:
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return times
+class _OtherLoad:
+  """Average cores busy with other processes over a block: /proc/stat minus our own time."""
+
+  def __enter__(self):
+    self._start = self._sample()
+    return self
+
+  def __exit__(self, *exc):
+    (busy0, ours0, wall0), (busy1, ours1, wall1) = self._start, self._sample()
+    self.cores = max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (wall1 - wall0)
+
+  @staticmethod
+  def _sample() -> tuple:
+    with open("/proc/stat", encoding="ascii") as f:
+      fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _, _, irq, softirq, steal = fields[:8]
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system, time.perf_counter()
+
+
+def _time_interleaved(fns: tuple, repeats: int) -> tuple:
+  """(seconds per call of each function, cores used by others), alternating A, B, A, B.
+
+  Alternating spreads a burst of load from another process over both sides.
+  """
+  times = [[] for _ in fns]
+  with _OtherLoad() as load:
+    for _ in range(repeats):
+      for fn, out in zip(fns, times):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+  return times, load.cores
 
 
 def _cpu_model() -> str:
@@ -122,19 +152,104 @@ def _cpu_model() -> str:
   return platform.processor() or "unknown"
 
 
+def _report(name: str, detail: str, unit: str, count: int, times: tuple, others: float,
+            rows: list) -> None:
+  jax_rate, torch_rate = (count / min(t) for t in times)  # other load only ever adds time
+  title = f"\n{name} ({detail})"
+  print(f"{title}; other processes used {others:.2f} cores meanwhile")
+  for side, rate, t in (("JAX", jax_rate, times[0]), ("torch", torch_rate, times[1])):
+    print(f"  {side:6s} {rate:9.1f} {unit}  times (s) {[round(x, 3) for x in t]}")
+  print(f"  JAX/torch = {jax_rate / torch_rate:.2f}")
+  rows.append((name, unit, jax_rate, torch_rate, others))
+
+
+def bench_prefill(model, hf, args, rng, rows: list) -> None:
+  """Logits for every position: the scoring / training-shaped forward pass."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  ids = rng.randint(0, model.config.vocab_size, size=(args.prefill_batch, args.prefill_len))
+  graphdef, state = nnx.split(model)
+  forward = jax.jit(lambda state, ids: nnx.merge(graphdef, state)(ids))
+  jax_ids, torch_ids = jax.numpy.asarray(ids, jax.numpy.int32), torch.from_numpy(ids)
+  t0 = time.perf_counter()
+  jax_logits = np.asarray(forward(state, jax_ids).block_until_ready())
+  compile_s = time.perf_counter() - t0
+  with torch.inference_mode():
+    diff = float(np.max(np.abs(jax_logits - hf(torch_ids).logits.numpy())))  # + torch warm-up
+    del jax_logits
+    times, others = _time_interleaved(
+        (lambda: forward(state, jax_ids).block_until_ready(), lambda: hf(torch_ids).logits),
+        args.prefill_repeats)
+  _report(f"prefill {args.prefill_batch}x{args.prefill_len}",
+          f"best of {args.prefill_repeats}; JAX first call {compile_s:.1f} s; "
+          f"max |logit diff| {diff:.1e}", "tok/s", ids.size, times, others, rows)
+
+
+def bench_decode(model, hf, args, rng, rows: list) -> None:
+  """Greedy KV-cached generation of exactly `new_tokens` per sample (no EOS stop)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from visregion_jax import generate  # pylint: disable=import-outside-toplevel
+  k = args.new_tokens
+  prompts = rng.randint(0, model.config.vocab_size, size=(args.decode_batch, args.prompt_len))
+  run_jax = lambda: generate.generate(model, prompts, max_new_tokens=k, eos_token_ids=[])
+  t0 = time.perf_counter()
+  jax_tokens = run_jax()
+  compile_s = time.perf_counter() - t0
+  torch_prompts = torch.from_numpy(prompts)
+  kwargs = dict(attention_mask=torch.ones_like(torch_prompts), do_sample=False,
+                max_new_tokens=k, min_new_tokens=k, pad_token_id=model.config.pad_token_id or 0)
+  with torch.inference_mode():
+    hf_tokens = hf.generate(torch_prompts, **kwargs)[:, args.prompt_len:].numpy()  # + warm-up
+    times, others = _time_interleaved((run_jax, lambda: hf.generate(torch_prompts, **kwargs)),
+                                      args.decode_repeats)
+  _report(f"decode {args.decode_batch}x({args.prompt_len}+{k})",
+          f"greedy, best of {args.decode_repeats}; JAX first call {compile_s:.1f} s; "
+          f"tokens equal to HF's {np.mean(jax_tokens == hf_tokens):.0%}", "new tok/s",
+          prompts.shape[0] * k, times, others, rows)
+
+
+def bench_conversion_rss(model) -> list:
+  """[(label, peak RSS over baseline / checkpoint bytes)] for a fresh-process import."""
+  from visregion_jax import convert  # pylint: disable=import-outside-toplevel
+  mib = lambda kib: f"{kib / 1024:.0f} MiB"
+  out = []
+  with tempfile.TemporaryDirectory() as tmp:
+    hf_dir = os.path.join(tmp, "hf")
+    convert.to_hf(model, hf_dir)
+    size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(hf_dir, "*.safetensors")))
+    print(f"\nconversion memory: {size / 2 ** 20:.1f} MiB of {model.config.param_dtype} "
+          "safetensors; each in a fresh process, baseline = VmRSS after imports and JAX start")
+    for mode, label in (("from_hf", "convert.from_hf(dir)"), ("cli", "from-hf CLI (+save_model)")):
+      r = _run_child(mode, hf_dir, os.path.join(tmp, f"jax_{mode}"))
+      base, loaded, end, peak = r["base"], r["loaded"], r["end"], r["sampled_peak"]
+      ratio = (end["VmHWM"] - base["VmRSS"]) * 1024 / size
+      print(f"  {label}: {r['seconds']:.1f} s; baseline {mib(base['VmRSS'])}, peak VmHWM "
+            f"{mib(end['VmHWM'])}, +{mib(end['VmHWM'] - base['VmRSS'])} = {ratio:.2f}x checkpoint "
+            f"(goal <= {RSS_GOAL}x: {'ok' if ratio <= RSS_GOAL else 'OVER'})")
+      print(f"    sampled peaks over baseline: anon +{mib(peak['RssAnon'] - base['RssAnon'])}, "
+            f"file-mapped +{mib(peak['RssFile'] - base['RssFile'])}; right after from_hf: anon "
+            f"+{mib(loaded['RssAnon'] - base['RssAnon'])}, file-mapped "
+            f"+{mib(loaded['RssFile'] - base['RssFile'])}")
+      out.append((label, ratio))
+  return out
+
+
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
-      description="JAX vs PyTorch throughput ratios and conversion peak RSS / checkpoint size "
-                  "for SmolLM2-135M-Instruct (fp32, CPU).")
+      description="JAX vs PyTorch throughput ratios, and conversion peak RSS / checkpoint size, "
+                  "for SmolLM2-135M-Instruct in float32 on this CPU.")
   parser.add_argument("--prefill-batch", type=int, default=4)
   parser.add_argument("--prefill-len", type=int, default=256, help="tokens per prefill sample")
   parser.add_argument("--prefill-repeats", type=int, default=3)
   parser.add_argument("--decode-batch", type=int, default=4)
   parser.add_argument("--prompt-len", type=int, default=64, help="tokens per decode prompt")
-  parser.add_argument("--new-tokens", type=int, default=64, help="greedy tokens generated per sample")
-  parser.add_argument("--decode-repeats", type=int, default=2)
+  parser.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per sample")
+  parser.add_argument("--decode-repeats", type=int, default=3)
   parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                      help="torch intra-op threads (XLA uses all cores by default)")
+                      help="torch intra-op threads (XLA uses every core)")
   parser.add_argument("--skip-rss", action="store_true", help="skip the conversion-memory part")
   parser.add_argument("--seed", type=int, default=0)
   return parser.parse_args(argv)
@@ -146,120 +261,44 @@ def main(argv=None) -> int:
   import numpy as np  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
   from visregion_jax import convert  # pylint: disable=import-outside-toplevel
-  from visregion_jax import generate as vgen  # pylint: disable=import-outside-toplevel
-  from visregion_jax.convert.gguf_file import resolve_model_path  # pylint: disable=import-outside-toplevel
+  from visregion_jax.convert import gguf_file  # pylint: disable=import-outside-toplevel
 
   torch.set_num_threads(args.threads)
-  print(f"machine: {os.cpu_count()} CPUs, {_cpu_model()!r} ({platform.machine()}), "
-        f"torch threads {torch.get_num_threads()}")
+  print(f"machine: {os.cpu_count()} CPUs, {_cpu_model()} ({platform.machine()}); "
+        f"torch threads {torch.get_num_threads()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print(f"versions: python {platform.python_version()}, jax {jax.__version__} "
-        f"({jax.default_backend()}, {len(jax.devices())} device), torch {torch.__version__}, "
+        f"({jax.default_backend()}), torch {torch.__version__}, "
         f"transformers {transformers.__version__}")
-  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-
   t0 = time.perf_counter()
   model = convert.from_hf(MODEL)
   jax_load_s = time.perf_counter() - t0
-  path = resolve_model_path(MODEL)
+  path = gguf_file.resolve_model_path(MODEL)
   t0 = time.perf_counter()
   hf = transformers.AutoModelForCausalLM.from_pretrained(
       os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
-  hf_load_s = time.perf_counter() - t0
-  print(f"loaded {os.path.basename(path)}: JAX {jax_load_s:.1f} s, PyTorch {hf_load_s:.1f} s; "
-        f"param dtype {model.config.param_dtype}, compute {model.config.dtype}")
-  vocab = model.config.vocab_size
-  rng = np.random.RandomState(args.seed)
-  rows = []
+  print(f"loaded {os.path.basename(path)}: JAX {jax_load_s:.1f} s, torch "
+        f"{time.perf_counter() - t0:.1f} s; params {model.config.param_dtype}, "
+        f"compute {model.config.dtype}")
 
-  # Prefill: full-sequence logits, as a scoring / training-shaped forward pass.
-  ids = rng.randint(0, vocab, size=(args.prefill_batch, args.prefill_len)).astype(np.int32)
-  graphdef, state = nnx.split(model)
-  forward = jax.jit(lambda state, ids: nnx.merge(graphdef, state)(ids))
-  jax_ids = jax.numpy.asarray(ids)
-  t0 = time.perf_counter()
-  jax_logits = forward(state, jax_ids).block_until_ready()
-  compile_s = time.perf_counter() - t0
-  jax_times = _time(lambda: forward(state, jax_ids).block_until_ready(), args.prefill_repeats)
-  torch_ids = torch.from_numpy(ids.astype(np.int64))
-  with torch.inference_mode():
-    torch_logits = hf(torch_ids).logits  # warm-up (allocator, kernels) and parity check
-    torch_times = _time(lambda: hf(torch_ids).logits, args.prefill_repeats)
-  diff = float(np.max(np.abs(np.asarray(jax_logits) - torch_logits.numpy())))
-  del jax_logits, torch_logits
-  n_tok = ids.size
-  jax_tps = n_tok / statistics.median(jax_times)
-  torch_tps = n_tok / statistics.median(torch_times)
-  print(f"\nprefill {args.prefill_batch}x{args.prefill_len} (logits for every token), "
-        f"median of {args.prefill_repeats}; JAX first call {compile_s:.1f} s; max |dlogit| {diff:.2e}")
-  print(f"  JAX    {jax_tps:9.1f} tok/s  times {[round(t, 3) for t in jax_times]}")
-  print(f"  torch  {torch_tps:9.1f} tok/s  times {[round(t, 3) for t in torch_times]}")
-  print(f"  JAX/torch = {jax_tps / torch_tps:.2f}")
-  rows.append((f"prefill {args.prefill_batch}x{args.prefill_len} tok/s", jax_tps, torch_tps))
+  rng, rows = np.random.RandomState(args.seed), []
+  bench_prefill(model, hf, args, rng, rows)
+  bench_decode(model, hf, args, rng, rows)
+  del hf
+  mem_rows = [] if args.skip_rss else bench_conversion_rss(model)
 
-  # Greedy decode: KV-cached generation of exactly new_tokens per sample.
-  k = args.new_tokens
-  prompts = rng.randint(0, vocab, size=(args.decode_batch, args.prompt_len)).astype(np.int32)
-  t0 = time.perf_counter()
-  jax_tokens = vgen.generate(model, prompts, max_new_tokens=k, eos_token_ids=[])
-  compile_s = time.perf_counter() - t0
-  jax_times = _time(lambda: vgen.generate(model, prompts, max_new_tokens=k, eos_token_ids=[]),
-                    args.decode_repeats)
-  torch_prompts = torch.from_numpy(prompts.astype(np.int64))
-  gen_kwargs = dict(attention_mask=torch.ones_like(torch_prompts), do_sample=False,
-                    max_new_tokens=k, min_new_tokens=k, pad_token_id=model.config.pad_token_id or 0)
-  with torch.inference_mode():
-    hf_tokens = hf.generate(torch_prompts, **gen_kwargs)[:, args.prompt_len:].numpy()  # warm-up
-    torch_times = _time(lambda: hf.generate(torch_prompts, **gen_kwargs), args.decode_repeats)
-  agree = float(np.mean(jax_tokens == hf_tokens))
-  n_new = args.decode_batch * k
-  jax_tps = n_new / statistics.median(jax_times)
-  torch_tps = n_new / statistics.median(torch_times)
-  print(f"\ngreedy decode {args.decode_batch}x{args.prompt_len} prompt + {k} new, "
-        f"median of {args.decode_repeats}; JAX first call {compile_s:.1f} s; "
-        f"tokens equal to HF's: {agree:.1%}")
-  print(f"  JAX    {jax_tps:9.1f} new tok/s  times {[round(t, 3) for t in jax_times]}")
-  print(f"  torch  {torch_tps:9.1f} new tok/s  times {[round(t, 3) for t in torch_times]}")
-  print(f"  JAX/torch = {jax_tps / torch_tps:.2f}")
-  rows.append((f"decode {args.decode_batch}x{args.prompt_len}+{k} new tok/s", jax_tps, torch_tps))
-
-  mem_rows = []
-  if not args.skip_rss:
-    with tempfile.TemporaryDirectory() as tmp:
-      hf_dir = os.path.join(tmp, "hf")
-      convert.to_hf(model, hf_dir)
-      del model, hf, state
-      size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(hf_dir, "*.safetensors")))
-      print(f"\nconversion memory: fp32 safetensors {size / 2 ** 20:.1f} MiB, "
-            f"each in a fresh process (baseline = VmRSS after imports + CPU client)")
-      for mode, label in (("from_hf", "convert.from_hf(dir)"),
-                          ("cli", "from-hf CLI (from_hf + save_model)")):
-        r = _run_child(mode, hf_dir, os.path.join(tmp, f"jax_{mode}"))
-        base = r["base"]["VmRSS"]
-        delta = (r["peak_maxrss"] - base) * 1024
-        ratio = delta / size
-        sp = r["sampled_peak"]
-        print(f"  {label}: {r['seconds']:.1f} s, baseline {base / 1024:.0f} MiB, "
-              f"peak {r['peak_maxrss'] / 1024:.0f} MiB, delta {delta / 2 ** 20:.0f} MiB "
-              f"= {ratio:.2f}x checkpoint (goal <= {RSS_GOAL}x: {'ok' if ratio <= RSS_GOAL else 'OVER'})")
-        print(f"    sampled peaks: anon {(sp['RssAnon'] - base_anon(r)) / 1024:+.0f} MiB over baseline, "
-              f"file-mapped {(sp['RssFile'] - r['base']['RssFile']) / 1024:+.0f} MiB over baseline; "
-              f"at end VmRSS {r['end']['VmRSS'] / 1024:.0f} MiB")
-        mem_rows.append((label, ratio))
-
-  print("\n" + "=" * 64)
-  print(f"{'measure':38s} {'JAX':>9s} {'torch':>9s} {'ratio':>6s}")
-  for name, j, t in rows:
-    print(f"{name:38s} {j:9.1f} {t:9.1f} {j / t:6.2f}")
+  print("\n" + "=" * 72)
+  print(f"{'measure':20s} {'unit':10s} {'JAX':>8s} {'torch':>8s} {'ratio':>6s}  others' cores")
+  for name, unit, j, t, others in rows:
+    print(f"{name:20s} {unit:10s} {j:8.1f} {t:8.1f} {j / t:6.2f}  {others:.2f}")
   for label, ratio in mem_rows:
-    print(f"{'peak RSS / ckpt: ' + label[:21]:38s} {'':9s} {'':9s} {ratio:6.2f}  (goal <= {RSS_GOAL})")
-  print("=" * 64)
+    print(f"{'peak RSS/ckpt size':20s} {label:28s} {ratio:6.2f}  goal <= {RSS_GOAL}")
+  print("=" * 72)
+  if any(others > _BUSY_WARN for *_, others in rows):
+    print(f"WARNING: other processes used > {_BUSY_WARN} cores during timing; torch's OpenMP "
+          "threads slow down far more than XLA's under contention, so the ratios overstate JAX. "
+          "Re-run on an idle machine (or compare with --threads 1).")
   return 0
-
-
-def base_anon(r: dict) -> int:
-  return r["base"]["RssAnon"]
 
 
 if __name__ == "__main__":

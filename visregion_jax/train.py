@@ -16,6 +16,7 @@ import time
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from visregion_jax import checkpoint, evaluate, model_builder, optim, region, sharding
 from visregion_jax.convert import load_tokenizer, to_hf
@@ -150,7 +151,11 @@ def run(config) -> dict:
   rest = jax.device_put(rest, sharding.replicated(mesh))
   labels = region.param_labels(params, layers, lora=lora, train_vision=train_vision)
   tx, schedules = optim.make_optimizer(t, labels)
-  opt_state = tx.init(params)  # eager: each moment keeps its parameter's sharding
+  # Eager init: each moment keeps its parameter's sharding; the scalar step counters are
+  # placed on the mesh too, or the step would compile twice (once per placement).
+  opt_state = jax.tree.map(
+      lambda x: x if isinstance(getattr(x, "sharding", None), NamedSharding)
+      else jax.device_put(x, sharding.replicated(mesh)), tx.init(params))
 
   tokenizer = load_tokenizer(model.config.source)
   data_config = data_config_for(config, model, tokenizer, config.model.get("vision_tower"))
@@ -240,6 +245,12 @@ def run(config) -> dict:
   if t.export_hf and jax.process_index() == 0:
     results["hf_dir"] = to_hf(final, os.path.join(workdir, "hf"))
     log_line(f"exported to {results['hf_dir']}")
+    if config.eval.get("transformers_check") and open_source(config.data, "eval") is not None:
+      from visregion_jax import hf_check  # pylint: disable=import-outside-toplevel
+      results["transformers_check"] = hf_check.answer_with_transformers(
+          results["hf_dir"], tokenizer, open_source(config.data, "eval"), data_config,
+          max_new_tokens=config.eval.max_new_tokens)
+      log_line(f"transformers, exported model: {json.dumps(results['transformers_check'])}")
   results["model"] = final
   return results
 

@@ -46,7 +46,6 @@ class SafetensorsSource:
   def __init__(self, directory: str, single: str = SAFETENSORS_SINGLE,
                index: str = SAFETENSORS_INDEX):
     self.name = directory
-    self._handles = {}
     index_path = os.path.join(directory, index)
     if os.path.exists(index_path):
       weight_map = read_json_object(index_path).get("weight_map")
@@ -55,7 +54,8 @@ class SafetensorsSource:
       self._file_of = {k: self._inside(directory, f, index_path) for k, f in weight_map.items()}
     else:
       path = os.path.join(directory, single)
-      self._file_of = {k: path for k in self._open(path).keys()}
+      with self._open(path) as handle:
+        self._file_of = {k: path for k in handle.keys()}
 
   @staticmethod
   def _inside(directory: str, filename: str, index_path: str) -> str:
@@ -64,17 +64,16 @@ class SafetensorsSource:
       raise VisRegionError(f"{index_path}: {filename}", "expected a shard file inside the checkpoint directory")
     return path
 
-  def _open(self, path: str):
-    if path in self._handles:
-      return self._handles[path]
+  @staticmethod
+  def _open(path: str):
+    """A fresh handle per use: a long-lived one keeps every page read so far mapped, so
+    the whole file would stay resident beside the model being filled."""
     try:
-      handle = safe_open(path, framework="np")
+      return safe_open(path, framework="np")
     except FileNotFoundError:
       raise VisRegionError(path, "file not found") from None
     except (SafetensorError, OSError, ValueError) as e:
       raise VisRegionError(path, f"expected a readable safetensors file ({e})") from None
-    self._handles[path] = handle
-    return handle
 
   def keys(self) -> set:
     return set(self._file_of)
@@ -82,22 +81,21 @@ class SafetensorsSource:
   def where(self, key: str) -> str:
     return self._file_of[key]
 
-  def _handle_with(self, key: str):
+  def _read(self, key: str, read):
     path = self._file_of[key]
-    handle = self._open(path)
-    if key not in handle.keys():
-      raise VisRegionError(f"{path}: {key}", "tensor listed in the index but missing from the shard")
-    return path, handle
+    with self._open(path) as handle:
+      if key not in handle.keys():
+        raise VisRegionError(f"{path}: {key}", "tensor listed in the index but missing from the shard")
+      try:
+        return read(handle)
+      except (SafetensorError, OSError, ValueError) as e:
+        raise VisRegionError(f"{path}: {key}", f"expected a readable tensor ({e})") from None
 
   def shape(self, key: str) -> tuple:
-    return tuple(self._handle_with(key)[1].get_slice(key).get_shape())
+    return tuple(self._read(key, lambda h: h.get_slice(key).get_shape()))
 
   def get(self, key: str) -> np.ndarray:
-    path, handle = self._handle_with(key)
-    try:
-      return handle.get_tensor(key)
-    except (SafetensorError, OSError, ValueError) as e:
-      raise VisRegionError(f"{path}: {key}", f"expected a readable tensor ({e})") from None
+    return self._read(key, lambda h: h.get_tensor(key))
 
 
 class TorchBinSource:

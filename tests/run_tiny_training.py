@@ -1,0 +1,143 @@
+"""One training run in a fresh process, for tests/test_train_distributed.py.
+
+The CPU device count (XLA_FLAGS) and `jax.distributed` are fixed when JAX starts, so a
+test that compares meshes, processes or a killed run starts this script as a
+subprocess. It trains with `visregion_jax.train.run` and writes the final parameters
+(gathered to process 0) as a .npz keyed by their NNX path.
+
+  python tests/run_tiny_training.py --params-out OUT.npz [--initial-params-out INIT.npz]
+      [--coordinator HOST:PORT --num-processes N --process-id I]
+      [--stall-after-step N] [--hang-before-commit N --marker FILE]
+      -- --config FILE --config.KEY=VALUE ...
+
+--stall-after-step and --hang-before-commit make the run stop making progress at a
+known point (after the metrics line of step N; inside orbax's commit of checkpoint N,
+before its temporary directory is renamed) so a test can SIGKILL it there
+deterministically instead of racing a few-millisecond window.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+STALL_SECONDS = 600  # outlasts the test's wait; bounds an orphan if the test itself dies
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--params-out", required=True)
+  parser.add_argument("--initial-params-out", default="")
+  parser.add_argument("--coordinator", default="")
+  parser.add_argument("--num-processes", type=int, default=1)
+  parser.add_argument("--process-id", type=int, default=0)
+  parser.add_argument("--stall-after-step", type=int, default=0)
+  parser.add_argument("--hang-before-commit", type=int, default=0)
+  parser.add_argument("--marker", default="")
+  parser.add_argument("config_args", nargs=argparse.REMAINDER)
+  args = parser.parse_args(argv)
+  if args.config_args[:1] == ["--"]:
+    args.config_args = args.config_args[1:]
+  return args
+
+
+def touch(path: str) -> None:
+  if path:
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(str(os.getpid()))
+
+
+def gathered_params(model) -> dict:
+  """{NNX path: numpy array} of every nnx.Param, whole arrays even when sharded over processes."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  flat = {}
+  for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    array = value.get_value()
+    if jax.process_count() > 1 and isinstance(array, jax.Array) and not array.is_fully_addressable:
+      array = multihost_utils.process_allgather(array, tiled=True)
+    flat["/".join(str(p) for p in path)] = np.asarray(array)
+  return flat
+
+
+def save_params(path: str, model) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  flat = gathered_params(model)
+  if jax.process_index() == 0:
+    np.savez(path, **flat)
+
+
+def install_initial_params_dump(train, path: str) -> None:
+  """Saves the parameters as built, before any step, so a test can tell that training
+  moved them (a comparison of two runs that both did nothing would pass)."""
+  build_model = train.model_builder.build_model
+
+  def dumping_build_model(*args, **kwargs):
+    model, layers = build_model(*args, **kwargs)
+    save_params(path, model)
+    return model, layers
+
+  train.model_builder.build_model = dumping_build_model
+
+
+def install_stall_after_step(train, step: int, marker: str) -> None:
+  """After the metrics line of `step` is written, the main thread sleeps (the async
+  checkpoint thread keeps going), so the test kills a run with logged-but-uncheckpointed
+  steps."""
+  write = train.MetricsLog.write
+
+  def stalling_write(self, record):
+    write(self, record)
+    if record.get("step") == step and "loss" in record:
+      touch(marker)
+      time.sleep(STALL_SECONDS)
+
+  train.MetricsLog.write = stalling_write
+
+
+def install_hang_before_commit(step: int, marker: str) -> None:
+  """Orbax writes checkpoint `step` into `<step>.orbax-checkpoint-tmp` and then hangs
+  where it would mark it complete and rename it: the state a kill mid-write leaves."""
+  from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
+
+  finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+  async def hanging_finalize(self):
+    if self.get_final().name == str(step):
+      touch(marker)
+      time.sleep(STALL_SECONDS)  # blocks orbax's commit thread; training itself goes on
+    await finalize(self)
+
+  atomicity.AtomicRenameTemporaryPath.finalize = hanging_finalize
+
+
+def main(argv=None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  import jax  # pylint: disable=import-outside-toplevel
+  if args.coordinator:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                               process_id=args.process_id, initialization_timeout=120)
+  from visregion_jax import train  # pylint: disable=import-outside-toplevel
+  from visregion_jax.config_loading import load_config  # pylint: disable=import-outside-toplevel
+
+  if args.stall_after_step:
+    install_stall_after_step(train, args.stall_after_step, args.marker)
+  if args.hang_before_commit:
+    install_hang_before_commit(args.hang_before_commit, args.marker)
+  if args.initial_params_out:
+    install_initial_params_dump(train, args.initial_params_out)
+  print(f"processes {jax.process_count()} local_devices {jax.local_device_count()} "
+        f"devices {jax.device_count()}", flush=True)
+  config = load_config(args.config_args, "tests/run_tiny_training.py")
+  results = train.run(config)
+  save_params(args.params_out, results["model"])
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,287 @@
+"""Training across devices, processes and kills gives the same result as one plain run.
+
+Each run is a fresh subprocess (tests/run_tiny_training.py): the simulated CPU device
+count (XLA_FLAGS) and `jax.distributed` are fixed when JAX starts. Compiling dominates
+a tiny run, so the uninterrupted runs the tests need (1 device; 8 devices on a
+data x fsdp x tensor = 2x2x2 mesh; 2 processes x 4 devices on that mesh) all start
+at once when the module's first test begins, and every run shares a persistent
+compilation cache: the kill/resume runs reuse the 1-device run's executables. The
+kill tests come first so they overlap with the slower multi-device compiles.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from train_fixtures import build_inputs, overrides
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+SCRIPT = os.path.join(TESTS, "run_tiny_training.py")
+STEPS = 6
+CHECKPOINT_EVERY = 2
+MESH_2X2X2 = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
+RUN_TIMEOUT = 420   # seconds for one run; compiling the 2-process step on 2 cores takes ~2 min
+WAIT_TIMEOUT = 300  # seconds for a run to reach the point where a test kills it
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+def subprocess_env(root, devices: int) -> dict:
+  env = dict(os.environ)
+  for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "TPU_WORKER_HOSTNAMES"):
+    env.pop(key, None)
+  xla = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+  env.update(
+      XLA_FLAGS=" ".join(xla + [f"--xla_force_host_platform_device_count={devices}"]),
+      JAX_PLATFORMS="cpu",
+      JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+      PYTHONPATH=os.pathsep.join([REPO] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])))
+  return env
+
+
+class Run:
+  """One training subprocess: its workdir, saved parameters and log."""
+
+  def __init__(self, root, inputs, name: str, *, devices: int = 1, flags=(), log_suffix="",
+               save_initial=False, **config):
+    self.proc = None
+    self.workdir = str(root / name)
+    self.params_path = str(root / f"{name}.npz")
+    self.initial_params_path = str(root / f"{name}.initial.npz")
+    if save_initial:
+      flags = [*flags, "--initial-params-out", self.initial_params_path]
+    self.log_path = str(root / f"{name}{log_suffix}.log")
+    config = {"train.steps": STEPS, "train.checkpoint_every": CHECKPOINT_EVERY, **config}
+    command = [sys.executable, SCRIPT, "--params-out", self.params_path, *flags, "--",
+               *overrides(inputs, self.workdir, **config)]
+    with open(self.log_path, "w", encoding="utf-8") as log:
+      self.proc = subprocess.Popen(command, env=subprocess_env(root, devices), cwd=REPO, stdout=log,
+                                   stderr=subprocess.STDOUT)
+
+  def log(self) -> str:
+    with open(self.log_path, encoding="utf-8") as f:
+      return f.read()
+
+  def failure(self, what: str) -> str:
+    return f"{what}; log {self.log_path}:\n{self.log()[-4000:]}"
+
+  def finish(self, timeout: float = RUN_TIMEOUT) -> "Run":
+    try:
+      self.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      self.kill()
+      pytest.fail(self.failure(f"run did not finish in {timeout}s"))
+    assert self.proc.returncode == 0, self.failure(f"run exited with {self.proc.returncode}")
+    return self
+
+  def kill(self) -> None:
+    """SIGKILL, as a preempted or OOM-killed job gets: no Python cleanup runs."""
+    if self.proc is None:
+      return
+    if self.proc.poll() is None:
+      os.kill(self.proc.pid, signal.SIGKILL)
+    self.proc.wait(timeout=60)
+
+  def wait_for(self, condition, what: str) -> None:
+    deadline = time.time() + WAIT_TIMEOUT
+    while not condition():
+      if self.proc.poll() is not None:
+        pytest.fail(self.failure(f"run exited ({self.proc.returncode}) before {what}"))
+      if time.time() > deadline:
+        self.kill()
+        pytest.fail(self.failure(f"no {what} after {WAIT_TIMEOUT}s"))
+      time.sleep(0.05)
+
+  def params(self) -> dict:
+    with np.load(self.params_path) as f:
+      return dict(f)
+
+  def records(self) -> list:
+    """The training records of metrics.jsonl (eval lines carry no loss), in file order."""
+    with open(os.path.join(self.workdir, "metrics.jsonl"), encoding="utf-8") as f:
+      return [r for r in map(json.loads, filter(str.strip, f)) if "loss" in r]
+
+  def losses(self) -> dict:
+    return {r["step"]: r["loss"] for r in self.records()}
+
+  def checkpoint_names(self) -> list:
+    directory = os.path.join(self.workdir, "checkpoints")
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+  def finished_checkpoints(self) -> list:
+    """Steps orbax committed: a plain integer directory (a write in flight is `<step>.orbax-checkpoint-tmp`)."""
+    return sorted(int(n) for n in self.checkpoint_names() if n.isdigit())
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def assert_params_close(actual: dict, expected: dict, atol: float) -> None:
+  assert sorted(actual) == sorted(expected)
+  worst = {k: float(np.max(np.abs(actual[k] - expected[k]))) for k in expected}
+  bad = {k: v for k, v in worst.items() if not v <= atol}
+  assert not bad, f"parameters differ by more than {atol}: {bad}"
+
+
+def assert_params_equal(actual: dict, expected: dict) -> None:
+  assert sorted(actual) == sorted(expected)
+  bad = [k for k in expected if not np.array_equal(actual[k], expected[k])]
+  assert not bad, f"parameters not bit-equal: {bad}"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+  return tmp_path_factory.mktemp("train_distributed")
+
+
+@pytest.fixture(scope="module")
+def inputs(root):
+  return build_inputs(str(root / "inputs"))
+
+
+def two_process_runs(root, inputs) -> list:
+  """jax.distributed on localhost, 4 CPU devices per process, one 2x2x2 mesh over both."""
+  port = free_port()
+  return [Run(root, inputs, "two_processes", devices=4, log_suffix=f".{i}", **MESH_2X2X2,
+              flags=["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)])
+          for i in range(2)]
+
+
+REFERENCE_RUNS = {
+    "one_device": lambda root, inputs: [Run(root, inputs, "one_device", save_initial=True)],
+    "eight_devices": lambda root, inputs: [Run(root, inputs, "eight_devices", devices=8, **MESH_2X2X2)],
+    "two_processes": two_process_runs,
+}
+
+
+@pytest.fixture(scope="module")
+def started(request, root, inputs):
+  """Starts, side by side, the uninterrupted runs that this module's selected tests use."""
+  wanted = set()
+  for item in request.session.items:
+    if item.module is request.module:
+      wanted.update(item.fixturenames)
+  runs = {}
+  try:
+    for name, start in REFERENCE_RUNS.items():
+      if name in wanted:
+        runs[name] = start(root, inputs)
+    yield runs
+  finally:
+    for group in runs.values():
+      for run in group:
+        run.kill()
+
+
+def finish_together(runs: list) -> list:
+  """Waits for processes of one job; one failing fails the job at once, since the others
+  would sit in a collective until their timeout."""
+  deadline = time.time() + RUN_TIMEOUT
+  while any(r.proc.poll() is None for r in runs):
+    failed = [r for r in runs if r.proc.poll() not in (None, 0)]
+    if failed:
+      pytest.fail(failed[0].failure(f"process exited with {failed[0].proc.returncode}"))
+    if time.time() > deadline:
+      pytest.fail(runs[0].failure(f"run did not finish in {RUN_TIMEOUT}s"))
+    time.sleep(0.2)
+  for r in runs:
+    r.finish()
+  return runs
+
+
+@pytest.fixture(scope="module")
+def one_device(started):
+  """The uninterrupted 6-step single-device run every other run is held to."""
+  return finish_together(started["one_device"])[0]
+
+
+@pytest.fixture(scope="module")
+def eight_devices(started):
+  return finish_together(started["eight_devices"])[0]
+
+
+@pytest.fixture(scope="module")
+def two_processes(started):
+  return finish_together(started["two_processes"])
+
+
+def test_kill_after_checkpoint_resumes_bit_exactly(root, inputs, one_device):
+  """SIGKILL after checkpoint 2 is committed and step 3 is logged; the rerun on the same
+  workdir resumes from 2 and ends bit-equal to the uninterrupted run, logging each step once."""
+  marker = str(root / "killed.marker")
+  run = Run(root, inputs, "killed", flags=["--stall-after-step", "3", "--marker", marker])
+  try:
+    run.wait_for(lambda: os.path.exists(marker) and 2 in run.finished_checkpoints(),
+                 "committed checkpoint 2 with step 3 logged")
+  finally:
+    run.kill()
+  assert run.finished_checkpoints() == [2]
+  assert [r["step"] for r in run.records()] == [1, 2, 3]
+
+  resumed = Run(root, inputs, "killed", log_suffix=".resumed").finish()
+  assert "resumed from step 2" in resumed.log()
+  assert [r["step"] for r in resumed.records()] == list(range(1, STEPS + 1))
+  assert resumed.losses() == one_device.losses()
+  assert_params_equal(resumed.params(), one_device.params())
+
+
+def test_kill_during_checkpoint_write_keeps_previous(root, inputs, one_device):
+  """SIGKILL while checkpoint 4 sits written but uncommitted in `4.orbax-checkpoint-tmp`:
+  the rerun ignores it, resumes from checkpoint 2 and ends bit-equal to the uninterrupted run."""
+  marker = str(root / "mid_write.marker")
+  run = Run(root, inputs, "mid_write", flags=["--hang-before-commit", "4", "--marker", marker])
+  try:
+    run.wait_for(lambda: os.path.exists(marker), "checkpoint 4 write in flight")
+  finally:
+    run.kill()
+  assert run.finished_checkpoints() == [2]
+  leftovers = [n for n in run.checkpoint_names() if n.startswith(f"4{TMP_SUFFIX}")]
+  assert leftovers, f"expected an interrupted write of step 4, found {run.checkpoint_names()}"
+  assert os.listdir(os.path.join(run.workdir, "checkpoints", leftovers[0])), "expected a partly written step"
+
+  resumed = Run(root, inputs, "mid_write", log_suffix=".resumed").finish()
+  assert "resumed from step 2" in resumed.log()
+  assert [r["step"] for r in resumed.records()] == list(range(1, STEPS + 1))
+  assert resumed.losses() == one_device.losses()
+  assert_params_equal(resumed.params(), one_device.params())
+  assert resumed.checkpoint_names() == ["4", "6"]
+
+
+def test_eight_device_mesh_matches_one_device(one_device, eight_devices):
+  """Sharding parameters over fsdp and tensor and the batch over data and fsdp changes
+  only the order of float sums: losses and final parameters agree to 1e-5."""
+  assert "processes 1 local_devices 8 devices 8" in eight_devices.log()
+  assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in eight_devices.log()
+  expected, actual = one_device.losses(), eight_devices.losses()
+  assert sorted(expected) == sorted(actual) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([actual[s] for s in expected], list(expected.values()), rtol=0, atol=1e-5)
+  final = one_device.params()
+  with np.load(one_device.initial_params_path) as f:
+    moved = max(float(np.max(np.abs(final[k] - f[k]))) for k in f.files)
+  assert moved > 1e-4, "training barely moved the parameters; a 1e-5 comparison would prove little"
+  assert_params_close(eight_devices.params(), final, atol=1e-5)
+
+
+def test_two_processes_match_one_process(two_processes, eight_devices):
+  """Each process loads its half of every global batch (the pipeline's per-process
+  shard); together they train as the single 8-device process and checkpoint together."""
+  for r in two_processes:
+    assert "processes 2 local_devices 4 devices 8" in r.log()
+  lead = two_processes[0]
+  expected, actual = eight_devices.losses(), lead.losses()
+  assert sorted(actual) == sorted(expected) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([actual[s] for s in expected], list(expected.values()), rtol=0, atol=1e-5)
+  assert_params_close(lead.params(), eight_devices.params(), atol=1e-5)
+  assert lead.finished_checkpoints() == [STEPS - CHECKPOINT_EVERY, STEPS]
