@@ -1,0 +1,217 @@
+"""Benchmark: can the data pipeline feed the demo's training step on this CPU?
+
+Measures, in one run:
+  1. the samples/s `pipeline.make_batches` delivers over the demo's synthetic image-QA
+     set (written to a temp dir with the demo's sizes), with SmolLM2's tokenizer plus
+     the `<image>` token and the demo's "tokenizer" (chatml) template, images
+     preprocessed at the demo tower's 48 px, for 0, 1 and 2 grain workers
+     (`DataConfig.num_workers`; 0 = read threads in this process), steady state
+     (the first batch, which pays for worker start-up, is timed apart);
+  2. the samples/s the demo's training step consumes: SmolLM2-135M + the demo-sized
+     random CLIP tower, batch 8, uniform 25% region with a full update, fp32,
+     built and jitted by `bench_train_step.Variant` exactly as `train.run` does, on
+     the pipeline's own batches (their bucket lengths, 96 or 128);
+  3. end to end: the step fed straight from the pipeline's iterator for each worker
+     count, since on a 2-core machine the workers compete with XLA for the cores.
+
+The ratio pipeline/consumption says how much headroom the input side has (goal:
+>= 1, or the step waits for data); the per-stage breakdown (JSON read, tokenize,
+image decode + preprocess, collate) says where pipeline time goes. Ratios are
+measured in the same process, so the machine's speed cancels. A script, not a
+test: it asserts nothing.
+
+  .venv/bin/python tools/bench_data.py [--help]
+"""
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_train_step as bts  # pylint: disable=wrong-import-position
+
+
+def open_pipeline(source, tokenizer, data_config, workers: int):
+  from visregion_jax.data import pipeline, skip  # pylint: disable=import-outside-toplevel
+  config = dataclasses.replace(data_config, num_workers=workers)
+  counter = skip.SkipCounter()
+  return iter(pipeline.make_batches(source, tokenizer, config, counter=counter)), counter
+
+
+def pipeline_rate(source, tokenizer, data_config, workers: int, batches: int) -> dict:
+  """Steady-state samples/s over `batches` batches after the first one."""
+  it, counter = open_pipeline(source, tokenizer, data_config, workers)
+  with bts.OtherLoad() as load:
+    t0 = time.perf_counter()
+    next(it)
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    elapsed = time.perf_counter() - t0
+  it.close()
+  return {"workers": workers, "rate": batches * data_config.global_batch_size / elapsed,
+          "first_s": first_s, "others": load.cores, "skipped": counter.total_skipped()}
+
+
+def stage_breakdown(source, tokenizer, data_config, samples: int) -> dict:
+  """Seconds per sample of each stage of `SampleLoader`, run serially in this process."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from visregion_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from visregion_jax.data.tokenize import tokenize_conversation  # pylint: disable=import-outside-toplevel
+  loader = pipeline.SampleLoader(source, tokenizer, data_config)
+  totals = {"read": 0.0, "tokenize": 0.0, "images": 0.0, "collate": 0.0}
+  records = []
+  for i in range(samples):
+    t0 = time.perf_counter()
+    record = source[i]
+    t1 = time.perf_counter()
+    tokens = tokenize_conversation(record["conversations"], len(record["images"]), tokenizer,
+                                   data_config.tokenize_config())
+    t2 = time.perf_counter()
+    pixels = loader.decode_images(record["images"], i)
+    t3 = time.perf_counter()
+    totals["read"] += t1 - t0
+    totals["tokenize"] += t2 - t1
+    totals["images"] += t3 - t2
+    records.append({"index": i, "input_ids": tokens.input_ids, "labels": tokens.labels,
+                    "pixel_values": pixels, "truncated": tokens.truncated})
+  b = data_config.global_batch_size
+  t0 = time.perf_counter()
+  for j in range(0, len(records) - b + 1, b):
+    pipeline.collate(records[j:j + b], data_config)
+  totals["collate"] = time.perf_counter() - t0
+  lengths = [len(r["input_ids"]) for r in records]
+  out = {k: v / samples for k, v in totals.items()}
+  out["lengths"] = (min(lengths), int(np.median(lengths)), max(lengths))
+  return out
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+      description="Data-pipeline samples/s (0, 1, 2 grain workers) beside the samples/s the demo's "
+                  "training step consumes, and end to end, on this CPU; one run, as ratios.")
+  parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
+  parser.add_argument("--batches", type=int, default=40,
+                      help="timed pipeline batches per worker count (after the first)")
+  parser.add_argument("--steps", type=int, default=4, help="timed training steps (after warm-up)")
+  parser.add_argument("--e2e-steps", type=int, default=3,
+                      help="end-to-end steps per worker count (0 skips that part)")
+  parser.add_argument("--breakdown-samples", type=int, default=200,
+                      help="samples for the per-stage breakdown (0 skips it)")
+  parser.add_argument("--num-train", type=int, default=None,
+                      help="synthetic train samples (default: the demo's)")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  workers = [int(w) for w in args.workers.split(",") if w != ""]
+  from visregion_jax import train  # pylint: disable=import-outside-toplevel
+  from visregion_jax.convert import load_tokenizer  # pylint: disable=import-outside-toplevel
+  from visregion_jax.data import sources, synthetic  # pylint: disable=import-outside-toplevel
+  from visregion_jax.models.lvlm import abstract_lvlm  # pylint: disable=import-outside-toplevel
+  bts.header()
+  with tempfile.TemporaryDirectory(prefix="bench_data_") as workdir:
+    tower_dir = bts.write_random_tower(os.path.join(workdir, "tower"))
+    config = bts.demo_config(workdir, tower_dir, strategy="uniform", fraction=0.25, lora_rank=0)
+    sizes = dict(config.data.synthetic_sizes or {})
+    if args.num_train is not None:
+      sizes["num_train"] = args.num_train
+    t0 = time.perf_counter()
+    synthetic.write_synthetic_dataset(config.data.image_root, seed=config.seed, **sizes)
+    print(f"synthetic set {sizes} written in {time.perf_counter() - t0:.1f} s")
+
+    t0 = time.perf_counter()
+    variant = bts.Variant("demo", config, workdir)
+    tokenizer = load_tokenizer(variant.model_config.source)
+    data_config = train.data_config_for(config, abstract_lvlm(variant.model_config), tokenizer,
+                                        tower_dir)
+    source = sources.JsonSource(config.data.train_json, config.data.image_root)
+    print(f"demo model built in {time.perf_counter() - t0:.1f} s: region layers "
+          f"{list(variant.layers)}, trainable {variant.trainable_params / 1e6:.2f} M; data: "
+          f"{len(source)} samples, template {data_config.template!r}, images "
+          f"{data_config.image.crop_size or data_config.image.size} px, "
+          f"{data_config.num_image_tokens} image tokens, buckets {data_config.buckets}, batch "
+          f"{data_config.global_batch_size}, read threads {data_config.read_threads}")
+
+    rows = [pipeline_rate(source, tokenizer, data_config, w, args.batches) for w in workers]
+
+    # Consumption: the demo step on the pipeline's own batches (warm every bucket first).
+    it, _ = open_pipeline(source, tokenizer, data_config, 0)
+    batches = [variant.device_batch(next(it)) for _ in range(args.steps + 2)]
+    it.close()
+    lengths = [int(b["input_ids"].shape[1]) for b in batches]
+    compile_s = 0.0
+    for b in batches:
+      key = tuple((k, v.shape) for k, v in sorted(b.items()))
+      if key not in variant.compiled:
+        compile_s += variant.compile(b)[1]
+        variant.step(b)
+    timer = bts.Timed("demo step")
+    with bts.OtherLoad() as load:
+      for b in batches[2:]:
+        timer.run(lambda b=b: variant.step(b))
+    batch_size = data_config.global_batch_size
+    consume = batch_size / statistics.mean(timer.times)
+    consume_best = batch_size / timer.best
+    step_others = load.cores
+
+    # End to end: the step pulling from the pipeline, as train.run does.
+    e2e = {}
+    if args.e2e_steps:
+      for w in workers:
+        it, _ = open_pipeline(source, tokenizer, data_config, w)
+        variant.step(variant.device_batch(next(it)))  # pays worker start-up (and any compile)
+        with bts.OtherLoad() as load:
+          t0 = time.perf_counter()
+          for _ in range(args.e2e_steps):
+            b = variant.device_batch(next(it))
+            key = tuple((k, v.shape) for k, v in sorted(b.items()))
+            if key not in variant.compiled:
+              variant.compile(b)
+            variant.step(b)
+          rate = args.e2e_steps * batch_size / (time.perf_counter() - t0)
+        e2e[w] = (rate, load.cores)
+        it.close()
+
+    stages = (stage_breakdown(source, tokenizer, data_config, args.breakdown_samples)
+              if args.breakdown_samples else None)
+
+  print("\n" + "=" * 96)
+  print(f"demo data pipeline vs demo train step (batch {batch_size}, region uniform 25% full update, "
+        "fp32); samples/s")
+  print(f"{'measure':26s} {'samples/s':>9s} {'first batch s':>13s} {'pipeline/step':>13s} "
+        f"{'end-to-end':>10s} {'e2e/step':>8s} {'others':>6s}")
+  for r in rows:
+    e2e_rate, e2e_others = e2e.get(r["workers"], (None, None))
+    print(f"{'pipeline, ' + str(r['workers']) + ' workers':26s} {r['rate']:9.1f} {r['first_s']:13.2f} "
+          f"{r['rate'] / consume:13.1f} "
+          f"{'-' if e2e_rate is None else f'{e2e_rate:.2f}':>10s} "
+          f"{'-' if e2e_rate is None else f'{e2e_rate / consume:.2f}':>8s} {r['others']:6.2f}"
+          + (f"  (e2e others {e2e_others:.2f})" if e2e_others is not None else ""))
+  print(f"{'train step consumes':26s} {consume:9.2f} {'-':>13s} {1.0:13.1f} {'-':>10s} {'-':>8s} "
+        f"{step_others:6.2f}")
+  print("-" * 96)
+  print(f"train step: mean {statistics.mean(timer.times):.2f} s (best {timer.best:.2f} s = "
+        f"{consume_best:.2f} samples/s) over {len(timer.times)} steps, sequence lengths "
+        f"{lengths[2:]} (buckets {data_config.buckets}); compile {compile_s:.1f} s for "
+        f"{len(variant.compiled)} shapes; step times {[round(t, 2) for t in timer.times]}")
+  if stages:
+    total = sum(stages[k] for k in ("read", "tokenize", "images", "collate"))
+    print(f"pipeline stages, serial, ms/sample over {args.breakdown_samples} samples: " +
+          ", ".join(f"{k} {1000 * stages[k]:.2f}" for k in ("read", "tokenize", "images", "collate"))
+          + f"; total {1000 * total:.2f} (= {1 / total:.0f} samples/s on one core); token lengths "
+          f"min/median/max {stages['lengths']}")
+  print("others = cores used by other processes meanwhile; pipeline/step >= 1: the input side "
+        "keeps up.")
+  print("=" * 96)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
