@@ -399,3 +399,18 @@ def test_demo_config_three_steps_smollm2(tmp_path):
   workdir = str(tmp_path / "demo")
   results = train.run(load_config(demo_argv(workdir), "test"))
   check_demo_run(workdir, results)
+
+
+def test_convert_to_hf_from_a_training_workdir(inputs, tmp_path):
+  """`convert to-hf --src WORKDIR` rebuilds the base, restores the latest checkpoint's
+  trained parameters and exports exactly what the run itself exported."""
+  from visregion_jax.convert.__main__ import main as convert_main  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "run")
+  train.run(load_config(train_fixtures.overrides(inputs, workdir, **{
+      "train.export_hf": "true", "region.lora_rank": "4", "region.lora_dropout": "0.0"}), "test"))
+  assert convert_main(["to-hf", "--src", workdir, "--dst", str(tmp_path / "again")]) == 0
+  ours = load_file(os.path.join(workdir, "hf", "model.safetensors"))
+  again = load_file(str(tmp_path / "again" / "model.safetensors"))
+  assert sorted(ours) == sorted(again)
+  for key in ours:
+    np.testing.assert_array_equal(ours[key], again[key], err_msg=key)

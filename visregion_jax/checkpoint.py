@@ -64,6 +64,16 @@ class TrainCheckpoints:
                            f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     return unflat_like(trainable, out.trainable), unflat_like(opt_state, out.opt_state), out.meta
 
+  def restore_trainable(self, step: int, trainable):
+    """Only the trainable parameters of `step` (export needs nothing else)."""
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          trainable=ocp.args.StandardRestore(abstract_of(trainable))))
+    except Exception as e:  # orbax raises many types for missing / mismatched / corrupt data
+      raise VisRegionError(os.path.join(self.directory, str(step)),
+                           f"expected a checkpoint of this config ({type(e).__name__})") from None
+    return unflat_like(trainable, out.trainable)
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

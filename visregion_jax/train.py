@@ -255,6 +255,29 @@ def run(config) -> dict:
   return results
 
 
+def load_trained_model(workdir: str):
+  """The model of a training run's latest checkpoint: the base rebuilt from the run's
+  config (the checkpoint references it), the trained parameters restored over it."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from visregion_jax.convert.tensor_files import read_json_object  # pylint: disable=import-outside-toplevel
+  config = ml_collections.ConfigDict(read_json_object(os.path.join(workdir, "config.json")))
+  checkpoints = checkpoint.TrainCheckpoints(workdir)
+  step = checkpoints.latest_step()
+  if step is None:
+    raise VisRegionError(checkpoints.directory, "expected at least one training checkpoint")
+  model, layers = model_builder.build_model(config, workdir)
+  lora = config.region.lora_rank > 0
+
+  def trainable(path, variable):
+    return (isinstance(variable, nnx.Param) and region.label_of(
+        tuple(path), layers, lora=lora, train_vision=config.region.train_vision) != region.FROZEN)
+
+  graphdef, params, rest = nnx.split(model, trainable, ...)
+  params = checkpoints.restore_trainable(step, params)
+  checkpoints.close()
+  return nnx.merge(graphdef, params, rest)
+
+
 def _short(metrics: dict) -> dict:
   return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items() if k != "eval_examples"}
 

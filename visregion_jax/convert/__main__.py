@@ -19,8 +19,16 @@ def load_hf(src: str, dtype=None, param_dtype=None, **original):
   return from_hf(src, dtype=dtype, param_dtype=param_dtype)
 
 
+def is_training_workdir(path: str) -> bool:
+  return os.path.isdir(os.path.join(path, "checkpoints")) and os.path.isfile(os.path.join(path, "config.json"))
+
+
 def load_any(src: str, dtype=None, param_dtype=None, **original):
-  """A JAX checkpoint directory, or anything load_hf reads."""
+  """A training workdir (its latest checkpoint), a JAX checkpoint directory, or anything
+  load_hf reads."""
+  if is_training_workdir(src):
+    from visregion_jax.train import load_trained_model  # pylint: disable=import-outside-toplevel
+    return load_trained_model(src)
   if jax_checkpoint.is_model_checkpoint(src):
     return jax_checkpoint.load_model(src)
   return load_hf(src, dtype=dtype, param_dtype=param_dtype, **original)
