@@ -12,7 +12,9 @@ Measures, in one run:
      built and jitted by `bench_train_step.Variant` exactly as `train.run` does, on
      the pipeline's own batches (their bucket lengths, 96 or 128);
   3. end to end: the step fed straight from the pipeline's iterator for each worker
-     count, since on a 2-core machine the workers compete with XLA for the cores.
+     count, the wait for each batch timed apart from the step, since on a 2-core
+     machine the workers compete with XLA for the cores (the step slows) even when
+     no batch is ever waited for.
 
 The ratio pipeline/consumption says how much headroom the input side has (goal:
 >= 1, or the step waits for data); the per-stage breakdown (JSON read, tokenize,
@@ -40,6 +42,10 @@ def open_pipeline(source, tokenizer, data_config, workers: int):
   config = dataclasses.replace(data_config, num_workers=workers)
   counter = skip.SkipCounter()
   return iter(pipeline.make_batches(source, tokenizer, config, counter=counter)), counter
+
+
+def shape_key(batch: dict) -> tuple:
+  return tuple((k, v.shape) for k, v in sorted(batch.items()))
 
 
 def pipeline_rate(source, tokenizer, data_config, workers: int, batches: int) -> dict:
@@ -148,8 +154,7 @@ def main(argv=None) -> int:
     lengths = [int(b["input_ids"].shape[1]) for b in batches]
     compile_s = 0.0
     for b in batches:
-      key = tuple((k, v.shape) for k, v in sorted(b.items()))
-      if key not in variant.compiled:
+      if shape_key(b) not in variant.compiled:
         compile_s += variant.compile(b)[1]
         variant.step(b)
     timer = bts.Timed("demo step")
@@ -158,47 +163,52 @@ def main(argv=None) -> int:
         timer.run(lambda b=b: variant.step(b))
     batch_size = data_config.global_batch_size
     consume = batch_size / statistics.mean(timer.times)
-    consume_best = batch_size / timer.best
     step_others = load.cores
 
-    # End to end: the step pulling from the pipeline, as train.run does.
+    # End to end: the step pulling from the pipeline, as train.run does; the wait for
+    # each batch and the step are timed apart, so data stalls and core contention show.
     e2e = {}
-    if args.e2e_steps:
-      for w in workers:
-        it, _ = open_pipeline(source, tokenizer, data_config, w)
-        variant.step(variant.device_batch(next(it)))  # pays worker start-up (and any compile)
-        with bts.OtherLoad() as load:
+    for w in workers if args.e2e_steps else ():
+      it, _ = open_pipeline(source, tokenizer, data_config, w)
+      variant.step(variant.device_batch(next(it)))  # pays worker start-up (and any compile)
+      waits, steps = [], []
+      with bts.OtherLoad() as load:
+        for _ in range(args.e2e_steps):
           t0 = time.perf_counter()
-          for _ in range(args.e2e_steps):
-            b = variant.device_batch(next(it))
-            key = tuple((k, v.shape) for k, v in sorted(b.items()))
-            if key not in variant.compiled:
-              variant.compile(b)
-            variant.step(b)
-          rate = args.e2e_steps * batch_size / (time.perf_counter() - t0)
-        e2e[w] = (rate, load.cores)
-        it.close()
+          b = variant.device_batch(next(it))
+          t1 = time.perf_counter()
+          if shape_key(b) not in variant.compiled:
+            variant.compile(b)
+          t2 = time.perf_counter()
+          variant.step(b)
+          waits.append(t1 - t0)
+          steps.append(time.perf_counter() - t2)
+      it.close()
+      e2e[w] = {"rate": batch_size * len(steps) / (sum(waits) + sum(steps)),
+                "wait": sum(waits) / (sum(waits) + sum(steps)), "step": statistics.mean(steps),
+                "others": load.cores}
 
     stages = (stage_breakdown(source, tokenizer, data_config, args.breakdown_samples)
               if args.breakdown_samples else None)
 
-  print("\n" + "=" * 96)
+  line = "=" * 112
+  print("\n" + line)
   print(f"demo data pipeline vs demo train step (batch {batch_size}, region uniform 25% full update, "
-        "fp32); samples/s")
-  print(f"{'measure':26s} {'samples/s':>9s} {'first batch s':>13s} {'pipeline/step':>13s} "
-        f"{'end-to-end':>10s} {'e2e/step':>8s} {'others':>6s}")
+        "fp32); samples/s; step s = mean step time")
+  print(f"{'measure':24s} {'samples/s':>9s} {'first batch s':>13s} {'pipeline/step':>13s} "
+        f"{'others':>6s} | {'end-to-end':>10s} {'e2e/step':>8s} {'data wait':>9s} {'step s':>6s} "
+        f"{'others':>6s}")
   for r in rows:
-    e2e_rate, e2e_others = e2e.get(r["workers"], (None, None))
-    print(f"{'pipeline, ' + str(r['workers']) + ' workers':26s} {r['rate']:9.1f} {r['first_s']:13.2f} "
-          f"{r['rate'] / consume:13.1f} "
-          f"{'-' if e2e_rate is None else f'{e2e_rate:.2f}':>10s} "
-          f"{'-' if e2e_rate is None else f'{e2e_rate / consume:.2f}':>8s} {r['others']:6.2f}"
-          + (f"  (e2e others {e2e_others:.2f})" if e2e_others is not None else ""))
-  print(f"{'train step consumes':26s} {consume:9.2f} {'-':>13s} {1.0:13.1f} {'-':>10s} {'-':>8s} "
-        f"{step_others:6.2f}")
-  print("-" * 96)
-  print(f"train step: mean {statistics.mean(timer.times):.2f} s (best {timer.best:.2f} s = "
-        f"{consume_best:.2f} samples/s) over {len(timer.times)} steps, sequence lengths "
+    e = e2e.get(r["workers"])
+    tail = (f"{e['rate']:10.2f} {e['rate'] / consume:8.2f} {100 * e['wait']:8.1f}% {e['step']:6.2f} "
+            f"{e['others']:6.2f}" if e else f"{'-':>10s}")
+    print(f"{'pipeline, ' + str(r['workers']) + ' workers':24s} {r['rate']:9.1f} {r['first_s']:13.2f} "
+          f"{r['rate'] / consume:13.1f} {r['others']:6.2f} | {tail}")
+  print(f"{'train step consumes':24s} {consume:9.2f} {'-':>13s} {1.0:13.1f} {step_others:6.2f} | "
+        f"{'-':>10s} {'-':>8s} {'-':>9s} {statistics.mean(timer.times):6.2f}")
+  print("-" * len(line))
+  print(f"train step alone: mean {statistics.mean(timer.times):.2f} s, best {timer.best:.2f} s "
+        f"(= {batch_size / timer.best:.2f} samples/s), {len(timer.times)} steps on sequence lengths "
         f"{lengths[2:]} (buckets {data_config.buckets}); compile {compile_s:.1f} s for "
         f"{len(variant.compiled)} shapes; step times {[round(t, 2) for t in timer.times]}")
   if stages:
@@ -207,9 +217,10 @@ def main(argv=None) -> int:
           ", ".join(f"{k} {1000 * stages[k]:.2f}" for k in ("read", "tokenize", "images", "collate"))
           + f"; total {1000 * total:.2f} (= {1 / total:.0f} samples/s on one core); token lengths "
           f"min/median/max {stages['lengths']}")
-  print("others = cores used by other processes meanwhile; pipeline/step >= 1: the input side "
-        "keeps up.")
-  print("=" * 96)
+  print("pipeline/step >= 1: the input side keeps up; e2e/step < 1 by the data wait and by the "
+        "workers' competition for the cores (step s above the step alone); others = cores used by "
+        "other processes (not this one or its workers) meanwhile.")
+  print(line)
   return 0
 
 

@@ -103,8 +103,29 @@ def reset_peak_rss() -> bool:
     return False
 
 
+def descendants_cpu_s() -> float:
+  """CPU seconds of this process's live descendants (e.g. grain workers), from /proc."""
+  parent, cpu = {}, {}
+  for entry in os.listdir("/proc"):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    parent[int(entry)] = int(fields[1])
+    cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+  ours, frontier = set(), {os.getpid()}
+  while frontier:
+    frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - ours
+    ours |= frontier
+  return sum(cpu[pid] for pid in ours)
+
+
 class OtherLoad:
-  """Average cores busy with other processes over a block: /proc/stat minus our own time."""
+  """Average cores busy with other processes over a block: /proc/stat minus our own time
+  (this process, its reaped children and its live descendants)."""
 
   def __enter__(self):
     self._start = self._sample()
@@ -121,7 +142,8 @@ class OtherLoad:
     user, nice, system, _, _, irq, softirq, steal = fields[:8]
     busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
     t = os.times()
-    return busy, t.user + t.system + t.children_user + t.children_system, time.perf_counter()
+    ours = t.user + t.system + t.children_user + t.children_system + descendants_cpu_s()
+    return busy, ours, time.perf_counter()
 
 
 class Timed:
