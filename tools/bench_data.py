@@ -105,7 +105,7 @@ def parse_args(argv=None):
   parser.add_argument("--batches", type=int, default=40,
                       help="timed pipeline batches per worker count (after the first)")
   parser.add_argument("--steps", type=int, default=4, help="timed training steps (after warm-up)")
-  parser.add_argument("--e2e-steps", type=int, default=3,
+  parser.add_argument("--e2e-steps", type=int, default=5,
                       help="end-to-end steps per worker count (0 skips that part)")
   parser.add_argument("--breakdown-samples", type=int, default=200,
                       help="samples for the per-stage breakdown (0 skips it)")
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
       it.close()
       e2e[w] = {"rate": batch_size * len(steps) / (sum(waits) + sum(steps)),
                 "wait": sum(waits) / (sum(waits) + sum(steps)), "step": statistics.mean(steps),
-                "others": load.cores}
+                "others": load.cores, "steps": steps, "waits": waits}
 
     stages = (stage_breakdown(source, tokenizer, data_config, args.breakdown_samples)
               if args.breakdown_samples else None)
@@ -211,6 +211,9 @@ def main(argv=None) -> int:
         f"(= {batch_size / timer.best:.2f} samples/s), {len(timer.times)} steps on sequence lengths "
         f"{lengths[2:]} (buckets {data_config.buckets}); compile {compile_s:.1f} s for "
         f"{len(variant.compiled)} shapes; step times {[round(t, 2) for t in timer.times]}")
+  for w, e in e2e.items():
+    print(f"end to end, {w} workers: step s {[round(t, 2) for t in e['steps']]}, batch wait ms "
+          f"{[round(1000 * t) for t in e['waits']]}")
   if stages:
     total = sum(stages[k] for k in ("read", "tokenize", "images", "collate"))
     print(f"pipeline stages, serial, ms/sample over {args.breakdown_samples} samples: " +

@@ -295,6 +295,7 @@ class Variant:
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     from flax import nnx  # pylint: disable=import-outside-toplevel
+    from jax.sharding import NamedSharding  # pylint: disable=import-outside-toplevel
     from visregion_jax import model_builder, optim, region, sharding  # pylint: disable=import-outside-toplevel
     from visregion_jax.train_step import make_train_step  # pylint: disable=import-outside-toplevel
     self.name, self.config = name, config
@@ -306,7 +307,8 @@ class Variant:
 
     def trainable(path, variable):
       return (isinstance(variable, nnx.Param)
-              and region.label_of(tuple(path), layers, lora=lora, train_vision=train_vision) != region.FROZEN)
+              and region.label_of(tuple(path), layers, lora=lora,
+                                  train_vision=train_vision) != region.FROZEN)
 
     graphdef, params, frozen, rest = nnx.split(model, trainable, nnx.Param, ...)
     self.graphdef = graphdef
@@ -318,7 +320,10 @@ class Variant:
     self.rest = jax.device_put(rest, sharding.replicated(self.mesh))
     self.labels = region.param_labels(self.params, layers, lora=lora, train_vision=train_vision)
     self.tx, _ = optim.make_optimizer(t, self.labels)
-    self.opt_state = jax.jit(self.tx.init)(self.params)
+    # As train.run: eager init, moments keep their parameter's sharding, counters replicated.
+    self.opt_state = jax.tree.map(
+        lambda x: x if isinstance(getattr(x, "sharding", None), NamedSharding)
+        else jax.device_put(x, sharding.replicated(self.mesh)), self.tx.init(self.params))
     self.step_fn = jax.jit(make_train_step(graphdef, self.tx, t.grad_accum, config.seed),
                            donate_argnums=(0, 3))
     self.compiled = {}   # batch shapes -> compiled step
@@ -364,12 +369,17 @@ class Variant:
     return self.compiled[key]
 
   def step(self, batch: dict) -> dict:
-    """One training step on a device batch; blocks until done."""
+    """One training step on a device batch; blocks until every output is written.
+
+    The metrics alone are ready before the optimizer's last fusions finish; waiting on
+    them only would bill that tail to whatever runs next.
+    """
     import jax  # pylint: disable=import-outside-toplevel
     compiled, _ = self.compile(batch)
     self.params, self.rest, self.opt_state, metrics = compiled(
         self.params, self.frozen, self.rest, self.opt_state, batch, self.step_index)
     self.step_index += 1
+    jax.block_until_ready((self.params, self.rest, self.opt_state))
     return jax.block_until_ready(metrics)
 
 
