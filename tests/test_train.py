@@ -278,10 +278,12 @@ def check_lora_export(hf_dir: str, params: dict, decoder: dict, tower: dict) -> 
 
 
 def test_lora_run(inputs, base, tmp_path):
+  """Also runs with remat, as the paper configs do (tests/test_train_step.py checks that
+  remat computes the same step)."""
   decoder, tower = base
   run = run_tiny(inputs, str(tmp_path / "lora"), **{
       "region.strategy": "uniform", "region.lora_rank": LORA_RANK, "region.lora_alpha": LORA_ALPHA,
-      "region.lora_dropout": 0.0, "train.export_hf": "true"})
+      "region.lora_dropout": 0.0, "train.export_hf": "true", "model.remat": True})
   params = run["params"]
   check_lora_params(params, decoder, tower)
   check_lora_export(run["results"]["hf_dir"], params, decoder, tower)

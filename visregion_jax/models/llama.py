@@ -145,6 +145,27 @@ def _run_layer(layer, x, cos, sin, mask, kv, index):
   return layer(x, cos, sin, mask, kv, index)
 
 
+def _run_layer_rematerialized(layer, x, cos, sin, mask, kv, index):
+  """The layer under `jax.checkpoint`: its backward recomputes the layer from its input.
+
+  The layer goes in and out as split state rather than through `nnx.remat`, because
+  the training step merges the model inside its own trace (params are traced
+  values there) and `nnx.remat` writes every variable back, which NNX refuses across
+  trace levels. Only non-parameter state (dropout RNG counters) is written back.
+  """
+  del kv, index  # no cache while training
+  graphdef, state = nnx.split(layer)
+
+  def run(state, x, cos, sin, mask):
+    inner = nnx.merge(graphdef, state)
+    out, _ = inner(x, cos, sin, mask)
+    return out, nnx.state(inner, nnx.Not(nnx.Param))
+
+  out, rest = jax.checkpoint(run)(state, x, cos, sin, mask)
+  nnx.update(layer, rest)
+  return out, None
+
+
 class Decoder(nnx.Module):
   """A causal language model: token embeddings, decoder layers, final norm, LM head."""
 
@@ -215,7 +236,7 @@ class Decoder(nnx.Module):
       key_slots = jnp.arange(cache.valid.shape[1])
     mask = make_attention_mask(query_slots, key_slots, key_valid, cfg.sliding_window)
 
-    run = nnx.remat(_run_layer) if cfg.remat and cache is None else _run_layer
+    run = _run_layer_rematerialized if cfg.remat and cache is None else _run_layer
     states = [x] if hidden_states else None
     new_keys, new_values = [], []
     for i, layer in enumerate(self.layers):
