@@ -28,12 +28,12 @@ def get_config():
   c.data.num_workers = 0
   c.region.strategy = "uniform"
   c.region.lora_rank = 0          # full update of the 8 region layers
-  c.train.steps = 120
+  c.train.steps = 100
   c.train.batch_size = 8
   c.train.lr = 1e-4
   c.train.projector_lr = 1e-3     # the demo's projector starts random (no stage-1 pretraining)
   c.train.log_every = 10
-  c.train.checkpoint_every = 60
+  c.train.checkpoint_every = 50
   c.eval.at_start = True
   c.eval.num_samples = 64
   c.eval.max_new_tokens = 8

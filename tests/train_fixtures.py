@@ -14,7 +14,7 @@ from visregion_jax.data import synthetic
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-def build_inputs(root: str) -> dict:
+def build_inputs(root: str, num_layers: int = 4) -> dict:
   """Writes the tiny models and data under `root` once; returns their paths."""
   paths = {"decoder": os.path.join(root, "decoder"), "tower": os.path.join(root, "tower"),
            "data": os.path.join(root, "data")}
@@ -23,7 +23,7 @@ def build_inputs(root: str) -> dict:
   tok = load_tokenizer(resolve_model_path(SMOLLM2_ALIAS))
   torch.manual_seed(0)
   decoder = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-      vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+      vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
       bos_token_id=1, eos_token_id=2, pad_token_id=2))
   decoder.save_pretrained(paths["decoder"])

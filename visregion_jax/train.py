@@ -178,14 +178,18 @@ def run(config) -> dict:
       counter.add(reason, n)
     log_line(f"resumed from step {start}")
   metrics_log = MetricsLog(workdir, start)
+  # What a comparison of runs needs (tools/region_study.py): the trained size, the
+  # optimizer's bytes and every step's wall time (the first one of a process compiles).
+  results = {"trainable_params": int(sum(x.size for x in jax.tree.leaves(params))),
+             "optimizer_bytes": int(sum(x.nbytes for x in jax.tree.leaves(opt_state))),
+             "step_times_s": []}
   log_line(f"region layers {list(layers)} of {len(model.layers)}; "
            f"{'LoRA r=' + str(config.region.lora_rank) if lora else 'full update'}; "
-           f"trainable {sum(x.size for x in jax.tree.leaves(params)):,} params; mesh {dict(mesh.shape)}")
+           f"trainable {results['trainable_params']:,} params; mesh {dict(mesh.shape)}")
 
   def current_model():
     return nnx.merge(graphdef, params, frozen, rest)
 
-  results = {}
   if start == 0 and config.eval.at_start:
     results["before"] = evaluate_model(config, current_model(), tokenizer, data_config)
     log_line(f"before training: {json.dumps(_short(results['before']))}")
@@ -205,6 +209,7 @@ def run(config) -> dict:
     params, rest, opt_state, m = step_fn(params, frozen, rest, opt_state, batch, step)
     loss = float(m["loss"])
     step_time = time.time() - started
+    results["step_times_s"].append(step_time)
     window_tokens += tokens
     if not bool(m["finite"]):
       bad_in_a_row += 1

@@ -8,8 +8,6 @@ are summed with the count of supervised tokens, so the loss is the mean over eve
 supervised token of the global batch whatever the accumulation or mesh.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -89,11 +87,16 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, accum_steps: int
     loss = total / denom
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt_state = tx.update(grads, opt_state, trainable)
-    new_trainable = optax.apply_updates(trainable, updates)
-    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+
+    def apply(trainable, opt_state):
+      updates, new_opt_state = tx.update(grads, opt_state, trainable)
+      return optax.apply_updates(trainable, updates), new_opt_state
+
+    # A branch rather than a select: a skipped step computes no update, and the update
+    # can be written in place of the donated buffers (a select keeps old and new alive).
+    trainable, opt_state = jax.lax.cond(finite, apply, lambda *state: state, trainable, opt_state)
     metrics = {"loss": loss, "grad_norm": grad_norm, "supervised_tokens": count, "finite": finite}
-    return keep(new_trainable, trainable), rest, keep(new_opt_state, opt_state), metrics
+    return trainable, rest, opt_state, metrics
 
   return step
 
