@@ -16,45 +16,25 @@ Set before running (placeholders):
   workdir
 """
 
-from base import base_config
+from base import base_config, region_recipe
 
 
 def get_config():
-  c = base_config()
+  c = region_recipe(base_config())
   c.workdir = "/path/to/workdir/bunny_phi3_mini_region"
   c.model.init_from = "/path/to/bunny-phi3-mini-stage1-hf"
   c.model.architecture = "bunny-phi3-mini"
-  c.model.vision_tower = ""
-  c.model.projector_type = "mlp2x_gelu"
   c.model.feature_layers = (-2,)
   c.model.feature_strategy = "full"
-  c.model.dtype = "bfloat16"
-  c.model.remat = True
-
-  c.region.strategy = "uniform"
-  c.region.fraction = 0.25
-  c.region.lora_rank = 128
-  c.region.lora_alpha = 256.0
-  c.region.lora_dropout = 0.05
 
   c.data.train_json = "/path/to/bunny_695k.json"
   c.data.image_root = "/path/to/bunny_finetune_images"
   c.data.template = "phi3"
   c.data.max_length = 4096
-  c.data.pad_to_square = True
 
   c.train.steps = 5430
-  c.train.batch_size = 128
   # Micro-batches of 32 (4 per device on 8 devices, Bunny's own split): 4096-token
   # sequences do not fit 16 per device (see the dry run). On a mesh with more than 32
   # batch shards lower it: batch_size / grad_accum must stay a multiple of data * fsdp.
   c.train.grad_accum = 4
-  c.train.lr = 2e-4
-  c.train.projector_lr = 2e-5
-  c.train.weight_decay = 0.0
-  c.train.warmup_ratio = 0.03
-
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  c.mesh.tensor = 1
   return c

@@ -24,42 +24,21 @@ devices without loading weights (model.architecture describes the model while
 init_from is not a local directory).
 """
 
-from base import base_config
+from base import base_config, region_recipe
 
 
 def get_config():
-  c = base_config()
+  c = region_recipe(base_config())
   c.workdir = "/path/to/workdir/llava15_7b_region"
   c.model.init_from = "/path/to/llava-v1.5-7b-stage1-hf"
   c.model.architecture = "llava-1.5-7b"
-  c.model.vision_tower = ""
-  c.model.projector_type = "mlp2x_gelu"
   c.model.feature_layers = (-2,)
   c.model.feature_strategy = "default"  # patch features, CLS dropped
-  c.model.dtype = "bfloat16"
-  c.model.remat = True
-
-  c.region.strategy = "uniform"
-  c.region.fraction = 0.25
-  c.region.lora_rank = 128
-  c.region.lora_alpha = 256.0
-  c.region.lora_dropout = 0.05
-  c.region.train_vision = False
 
   c.data.train_json = "/path/to/llava_v1_5_mix665k.json"
   c.data.image_root = "/path/to/llava_finetune_images"
   c.data.template = "vicuna_v1"
   c.data.max_length = 2048
-  c.data.pad_to_square = True
 
   c.train.steps = 5198
-  c.train.batch_size = 128
-  c.train.lr = 2e-4
-  c.train.projector_lr = 2e-5
-  c.train.weight_decay = 0.0
-  c.train.warmup_ratio = 0.03
-
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  c.mesh.tensor = 1
   return c
