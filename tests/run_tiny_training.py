@@ -3,10 +3,11 @@
 The CPU device count (XLA_FLAGS) and `jax.distributed` are fixed when JAX starts, so a
 test that compares meshes, processes or a killed run starts this script as a
 subprocess. It trains with `visregion_jax.train.run` and writes the final parameters
-(gathered to process 0) as a .npz keyed by their NNX path.
+(gathered to process 0) as a .npz keyed by their NNX path. A multi-process run is
+launched as a user would by hand: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+JAX_PROCESS_ID in the environment.
 
   python tests/run_tiny_training.py --params-out OUT.npz [--initial-params-out INIT.npz]
-      [--coordinator HOST:PORT --num-processes N --process-id I]
       [--stall-after-step N] [--hang-before-commit N --marker FILE]
       -- --config FILE --config.KEY=VALUE ...
 
@@ -28,9 +29,6 @@ def parse_args(argv):
   parser = argparse.ArgumentParser()
   parser.add_argument("--params-out", required=True)
   parser.add_argument("--initial-params-out", default="")
-  parser.add_argument("--coordinator", default="")
-  parser.add_argument("--num-processes", type=int, default=1)
-  parser.add_argument("--process-id", type=int, default=0)
   parser.add_argument("--stall-after-step", type=int, default=0)
   parser.add_argument("--hang-before-commit", type=int, default=0)
   parser.add_argument("--marker", default="")
@@ -118,11 +116,9 @@ def install_hang_before_commit(step: int, marker: str) -> None:
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   import jax  # pylint: disable=import-outside-toplevel
-  if args.coordinator:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
-                               process_id=args.process_id, initialization_timeout=120)
-  from visregion_jax import train  # pylint: disable=import-outside-toplevel
+  from visregion_jax import sharding, train  # pylint: disable=import-outside-toplevel
+  # What train.run does first; here before the device count is printed (which starts JAX).
+  sharding.maybe_initialize_distributed(False)
   from visregion_jax.config_loading import load_config  # pylint: disable=import-outside-toplevel
 
   if args.stall_after_step:

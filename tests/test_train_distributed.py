@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 from train_fixtures import build_inputs, overrides
+from visregion_jax import convert
+from visregion_jax.convert.hf import model_params
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -52,7 +54,7 @@ class Run:
   """One training subprocess: its workdir, saved parameters and log."""
 
   def __init__(self, root, inputs, name: str, *, devices: int = 1, flags=(), log_suffix="",
-               save_initial=False, **config):
+               save_initial=False, env=None, **config):
     self.proc = None
     self.workdir = str(root / name)
     self.params_path = str(root / f"{name}.npz")
@@ -64,8 +66,8 @@ class Run:
     command = [sys.executable, SCRIPT, "--params-out", self.params_path, *flags, "--",
                *overrides(inputs, self.workdir, **config)]
     with open(self.log_path, "w", encoding="utf-8") as log:
-      self.proc = subprocess.Popen(command, env=subprocess_env(root, devices), cwd=REPO, stdout=log,
-                                   stderr=subprocess.STDOUT)
+      self.proc = subprocess.Popen(command, env={**subprocess_env(root, devices), **(env or {})},
+                                   cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
   def log(self) -> str:
     with open(self.log_path, encoding="utf-8") as f:
@@ -152,10 +154,13 @@ def inputs(root):
 
 
 def two_process_runs(root, inputs) -> list:
-  """jax.distributed on localhost, 4 CPU devices per process, one 2x2x2 mesh over both."""
+  """jax.distributed on localhost, 4 CPU devices per process, one 2x2x2 mesh over both,
+  started through the environment variables the library reads."""
   port = free_port()
   return [Run(root, inputs, "two_processes", devices=4, log_suffix=f".{i}", **MESH_2X2X2,
-              flags=["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)])
+              **{"train.export_hf": True},
+              env={"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+                   "JAX_PROCESS_ID": str(i)})
           for i in range(2)]
 
 
@@ -285,3 +290,7 @@ def test_two_processes_match_one_process(two_processes, eight_devices):
   np.testing.assert_allclose([actual[s] for s in expected], list(expected.values()), rtol=0, atol=1e-5)
   assert_params_close(lead.params(), eight_devices.params(), atol=1e-5)
   assert lead.finished_checkpoints() == [STEPS - CHECKPOINT_EVERY, STEPS]
+  # The HF export: process 0 writes parameters sharded over both processes' devices.
+  exported = convert.from_hf(os.path.join(lead.workdir, "hf"))
+  assert_params_equal({"/".join(map(str, p)): np.asarray(v) for p, v in model_params(exported).items()},
+                      lead.params())

@@ -33,6 +33,8 @@ def maybe_initialize_distributed(requested: bool) -> None:
     kwargs = {}
     if count is not None and index is not None:
       kwargs = {"num_processes": int(count), "process_id": int(index)}
+    # CPU processes need a cross-process collectives backend (GPU and TPU have their own).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
 
 
@@ -95,3 +97,22 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """This process's numpy batch -> global jax arrays sharded over (data, fsdp)."""
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
           for k, v in local_batch.items()}
+
+
+def gathered_to_host(model: nnx.Module) -> nnx.Module:
+  """The model with every array readable whole by this process, for writing it out.
+
+  Arrays sharded over other hosts' devices are all-gathered into host memory, so on
+  a multi-host job every process must call this (it is a collective); arrays this
+  process can already read whole are left where they are (the writer fetches them
+  one at a time).
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  def to_host(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return x
+
+  graphdef, state = nnx.split(model)
+  return nnx.merge(graphdef, jax.tree.map(to_host, state))

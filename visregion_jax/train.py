@@ -247,8 +247,9 @@ def run(config) -> dict:
     results["after"] = evaluate_model(config, final, tokenizer, data_config)
     metrics_log.write({"step": t.steps, **_short(results["after"])})
     log_line(f"after training: {json.dumps(_short(results['after']))}")
+  exported = sharding.gathered_to_host(final) if t.export_hf else None  # every process takes part
   if t.export_hf and jax.process_index() == 0:
-    results["hf_dir"] = to_hf(final, os.path.join(workdir, "hf"))
+    results["hf_dir"] = to_hf(exported, os.path.join(workdir, "hf"))
     log_line(f"exported to {results['hf_dir']}")
     if config.eval.get("transformers_check") and open_source(config.data, "eval") is not None:
       from visregion_jax import hf_check  # pylint: disable=import-outside-toplevel
