@@ -92,29 +92,3 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.tensor = 1
   return c
 
-
-def region_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The official region-tuning recipe that the four paper configs share, so each of
-  them states only its model, data and length: LoRA r=128 / alpha 256 / dropout 0.05
-  on every linear of the uniform 25% region, lr 2e-4, projector lr 2e-5 (stage-1
-  pretrained), global batch 128, cosine with 3% warmup, no weight decay, bf16
-  compute with remat, images padded to square, parameters sharded over every device."""
-  c.model.dtype = "bfloat16"
-  c.model.remat = True
-  c.model.projector_type = "mlp2x_gelu"
-  c.model.vision_tower = ""         # init_from is a stage-1 llava-hf model
-  c.region.strategy = "uniform"
-  c.region.fraction = 0.25
-  c.region.lora_rank = 128
-  c.region.lora_alpha = 256.0
-  c.region.lora_dropout = 0.05
-  c.data.pad_to_square = True
-  c.train.batch_size = 128
-  c.train.lr = 2e-4
-  c.train.projector_lr = 2e-5
-  c.train.weight_decay = 0.0
-  c.train.warmup_ratio = 0.03
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  c.mesh.tensor = 1
-  return c

@@ -16,16 +16,18 @@ Set before running (placeholders):
   workdir
 """
 
-from base import base_config, region_recipe
+from base import base_config
 
 
 def get_config():
-  c = region_recipe(base_config())
+  c = base_config()  # its defaults are the recipe: region, LoRA, lrs, batch, schedule, mesh
   c.workdir = "/path/to/workdir/bunny_phi3_mini_region"
   c.model.init_from = "/path/to/bunny-phi3-mini-stage1-hf"
   c.model.architecture = "bunny-phi3-mini"
   c.model.feature_layers = (-2,)
   c.model.feature_strategy = "full"
+  c.model.dtype = "bfloat16"
+  c.model.remat = True
 
   c.data.train_json = "/path/to/bunny_695k.json"
   c.data.image_root = "/path/to/bunny_finetune_images"

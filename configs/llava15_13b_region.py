@@ -13,16 +13,18 @@ Set before running (placeholders):
   data.train_json, data.image_root, workdir  as in llava15_7b_region.py
 """
 
-from base import base_config, region_recipe
+from base import base_config
 
 
 def get_config():
-  c = region_recipe(base_config())
+  c = base_config()  # its defaults are the recipe: region, LoRA, lrs, batch, schedule, mesh
   c.workdir = "/path/to/workdir/llava15_13b_region"
   c.model.init_from = "/path/to/llava-v1.5-13b-stage1-hf"
   c.model.architecture = "llava-1.5-13b"
   c.model.feature_layers = (-2,)
   c.model.feature_strategy = "default"
+  c.model.dtype = "bfloat16"
+  c.model.remat = True
 
   c.data.train_json = "/path/to/llava_v1_5_mix665k.json"
   c.data.image_root = "/path/to/llava_finetune_images"

@@ -16,7 +16,7 @@ from base import base_config
 
 
 def get_config():
-  c = base_config()
+  c = base_config()  # schedule, weight decay and mesh of the recipe
   c.workdir = "/path/to/workdir/llava15_7b_full"
   c.model.init_from = "/path/to/llava-v1.5-7b-stage1-hf"
   c.model.architecture = "llava-1.5-7b"
@@ -37,13 +37,5 @@ def get_config():
   c.data.pad_to_square = True
 
   c.train.steps = 5198
-  c.train.batch_size = 128
   c.train.lr = 2e-5
-  c.train.projector_lr = 2e-5
-  c.train.weight_decay = 0.0
-  c.train.warmup_ratio = 0.03
-
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  c.mesh.tensor = 1
   return c

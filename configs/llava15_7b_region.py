@@ -24,16 +24,18 @@ devices without loading weights (model.architecture describes the model while
 init_from is not a local directory).
 """
 
-from base import base_config, region_recipe
+from base import base_config
 
 
 def get_config():
-  c = region_recipe(base_config())
+  c = base_config()  # its defaults are the recipe: region, LoRA, lrs, batch, schedule, mesh
   c.workdir = "/path/to/workdir/llava15_7b_region"
   c.model.init_from = "/path/to/llava-v1.5-7b-stage1-hf"
   c.model.architecture = "llava-1.5-7b"
   c.model.feature_layers = (-2,)
   c.model.feature_strategy = "default"  # patch features, CLS dropped
+  c.model.dtype = "bfloat16"
+  c.model.remat = True
 
   c.data.train_json = "/path/to/llava_v1_5_mix665k.json"
   c.data.image_root = "/path/to/llava_finetune_images"

@@ -28,7 +28,7 @@ from base import base_config
 
 
 def get_config():
-  c = base_config()
+  c = base_config()  # schedule, weight decay and mesh of the recipe
   c.workdir = "/path/to/workdir/stage1_projector"
   c.model.init_from = "/path/to/vicuna-7b-v1.5"
   c.model.vision_tower = "/path/to/clip-vit-large-patch14-336-vision"
@@ -51,10 +51,4 @@ def get_config():
   c.train.steps = 2181
   c.train.batch_size = 256
   c.train.projector_lr = 1e-3  # the only trainable group
-  c.train.weight_decay = 0.0
-  c.train.warmup_ratio = 0.03
-
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  c.mesh.tensor = 1
   return c
