@@ -7,6 +7,7 @@ Reads both transformers 4 (`rope_theta` + `rope_scaling`) and transformers 5
 import json
 from typing import Optional
 
+from visregion_jax.convert.config_fields import positive_float, positive_int, stored_dtype
 from visregion_jax.errors import VisRegionError
 from visregion_jax.models.config import ARCHITECTURES, ROPE_TYPES, DecoderConfig
 
@@ -20,13 +21,6 @@ _ROPE_REQUIRED = {
 # Keys we own on export: every one is rewritten from DecoderConfig.
 _OWNED = ("rope_theta", "rope_scaling", "rope_parameters", "torch_dtype", "dtype",
           "partial_rotary_factor")
-
-
-def _positive_int(d: dict, key: str, where: str, default=None) -> int:
-  value = d.get(key, default)
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise VisRegionError(f"{where}: {key}", f"expected a positive integer, got {value!r}")
-  return value
 
 
 def _token_ids(value, key: str, where: str) -> tuple:
@@ -74,9 +68,9 @@ def decoder_config_from_hf(d: dict, where: str, *, dtype: str = "float32",
   if not isinstance(d, dict):
     raise VisRegionError(where, "expected a JSON object")
   arch = architecture_of(d, where)
-  hidden = _positive_int(d, "hidden_size", where)
-  heads = _positive_int(d, "num_attention_heads", where)
-  kv_heads = _positive_int(d, "num_key_value_heads", where, default=heads)
+  hidden = positive_int(d, "hidden_size", where)
+  heads = positive_int(d, "num_attention_heads", where)
+  kv_heads = positive_int(d, "num_key_value_heads", where, default=heads)
   if heads % kv_heads:
     raise VisRegionError(f"{where}: num_key_value_heads",
                          f"expected a divisor of num_attention_heads={heads}, got {kv_heads}")
@@ -86,7 +80,7 @@ def decoder_config_from_hf(d: dict, where: str, *, dtype: str = "float32",
       raise VisRegionError(f"{where}: hidden_size",
                            f"expected a multiple of num_attention_heads={heads}, got {hidden}")
     head_dim = hidden // heads
-  head_dim = _positive_int({"head_dim": head_dim}, "head_dim", where)
+  head_dim = positive_int({"head_dim": head_dim}, "head_dim", where)
   act = d.get("hidden_act", "silu")
   if act != "silu":
     raise VisRegionError(f"{where}: hidden_act", f"expected 'silu', got {act!r}")
@@ -94,26 +88,22 @@ def decoder_config_from_hf(d: dict, where: str, *, dtype: str = "float32",
   window = d.get("sliding_window")
   if window is not None and (not isinstance(window, int) or window <= 0):
     raise VisRegionError(f"{where}: sliding_window", f"expected null or a positive integer, got {window!r}")
-  eps = d.get("rms_norm_eps", 1e-6)
-  if not isinstance(eps, (int, float)) or eps <= 0:
-    raise VisRegionError(f"{where}: rms_norm_eps", f"expected a positive number, got {eps!r}")
-  stored_dtype = d.get("dtype") or d.get("torch_dtype") or "float32"
-  if stored_dtype not in ("float32", "bfloat16", "float16"):
-    raise VisRegionError(f"{where}: dtype", f"expected float32, bfloat16 or float16, got {stored_dtype!r}")
+  eps = positive_float(d, "rms_norm_eps", where, default=1e-6)
+  stored = stored_dtype(d, where)
   return DecoderConfig(
-      vocab_size=_positive_int(d, "vocab_size", where),
+      vocab_size=positive_int(d, "vocab_size", where),
       hidden_size=hidden,
-      intermediate_size=_positive_int(d, "intermediate_size", where),
-      num_layers=_positive_int(d, "num_hidden_layers", where),
+      intermediate_size=positive_int(d, "intermediate_size", where),
+      num_layers=positive_int(d, "num_hidden_layers", where),
       num_heads=heads,
       num_kv_heads=kv_heads,
       head_dim=head_dim,
-      rms_norm_eps=float(eps),
+      rms_norm_eps=eps,
       rope_theta=theta,
       rope_type=rope_type,
       rope_scaling=extra,
       partial_rotary_factor=partial,
-      max_position_embeddings=_positive_int(d, "max_position_embeddings", where, default=2048),
+      max_position_embeddings=positive_int(d, "max_position_embeddings", where, default=2048),
       tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
       attention_bias=bool(d.get("attention_bias", False)),
       mlp_bias=bool(d.get("mlp_bias", False)),
@@ -123,7 +113,7 @@ def decoder_config_from_hf(d: dict, where: str, *, dtype: str = "float32",
       eos_token_ids=_token_ids(d.get("eos_token_id"), "eos_token_id", where),
       pad_token_id=(_token_ids(d.get("pad_token_id"), "pad_token_id", where) or (None,))[0],
       dtype=dtype,
-      param_dtype=param_dtype or stored_dtype,
+      param_dtype=param_dtype or stored,
       hf_config_json=json.dumps(d, sort_keys=True),
       source=source,
   )

@@ -8,6 +8,7 @@ installed transformers' config class, never a guess.
 import json
 from typing import Optional
 
+from visregion_jax.convert.config_fields import positive_float, positive_int, stored_dtype
 from visregion_jax.errors import VisRegionError
 from visregion_jax.models.vision import ACTIVATIONS, VisionConfig
 
@@ -28,13 +29,6 @@ _DEFAULTS = {
 _OWNED = ("torch_dtype", "dtype")
 
 
-def _positive_int(d: dict, key: str, where: str) -> int:
-  value = d[key]
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise VisRegionError(f"{where}: {key}", f"expected a positive integer, got {value!r}")
-  return value
-
-
 def vision_config_from_hf(d: dict, where: str, *, dtype: str = "float32",
                           param_dtype: Optional[str] = None) -> VisionConfig:
   """Validates an HF vision config dict (a standalone config.json or LLaVA's vision_config)."""
@@ -46,13 +40,13 @@ def vision_config_from_hf(d: dict, where: str, *, dtype: str = "float32",
                          f"expected one of {sorted(MODEL_TYPES)}, got {model_type!r}")
   kind = MODEL_TYPES[model_type]
   full = {**_DEFAULTS[kind], **d}
-  hidden = _positive_int(full, "hidden_size", where)
-  heads = _positive_int(full, "num_attention_heads", where)
+  hidden = positive_int(full, "hidden_size", where)
+  heads = positive_int(full, "num_attention_heads", where)
   if hidden % heads:
     raise VisRegionError(f"{where}: num_attention_heads",
                          f"expected a divisor of hidden_size={hidden}, got {heads}")
-  image_size = _positive_int(full, "image_size", where)
-  patch_size = _positive_int(full, "patch_size", where)
+  image_size = positive_int(full, "image_size", where)
+  patch_size = positive_int(full, "patch_size", where)
   if patch_size > image_size:
     raise VisRegionError(f"{where}: patch_size",
                          f"expected at most image_size={image_size}, got {patch_size}")
@@ -60,30 +54,25 @@ def vision_config_from_hf(d: dict, where: str, *, dtype: str = "float32",
   if act not in ACTIVATIONS:
     raise VisRegionError(f"{where}: hidden_act",
                          f"expected one of {sorted(ACTIVATIONS)}, got {act!r}")
-  eps = full["layer_norm_eps"]
-  if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
-    raise VisRegionError(f"{where}: layer_norm_eps", f"expected a positive number, got {eps!r}")
+  eps = positive_float(full, "layer_norm_eps", where)
   use_head = full.get("vision_use_head", False) if kind == "siglip" else False
   if not isinstance(use_head, bool):
     raise VisRegionError(f"{where}: vision_use_head", f"expected true or false, got {use_head!r}")
-  stored_dtype = d.get("dtype") or d.get("torch_dtype") or "float32"
-  if stored_dtype not in ("float32", "bfloat16", "float16"):
-    raise VisRegionError(f"{where}: dtype",
-                         f"expected float32, bfloat16 or float16, got {stored_dtype!r}")
+  stored = stored_dtype(d, where)
   return VisionConfig(
       kind=kind,
       hidden_size=hidden,
-      intermediate_size=_positive_int(full, "intermediate_size", where),
-      num_layers=_positive_int(full, "num_hidden_layers", where),
+      intermediate_size=positive_int(full, "intermediate_size", where),
+      num_layers=positive_int(full, "num_hidden_layers", where),
       num_heads=heads,
       image_size=image_size,
       patch_size=patch_size,
-      num_channels=_positive_int(full, "num_channels", where),
-      layer_norm_eps=float(eps),
+      num_channels=positive_int(full, "num_channels", where),
+      layer_norm_eps=eps,
       hidden_act=act,
       use_head=use_head,
       dtype=dtype,
-      param_dtype=param_dtype or stored_dtype,
+      param_dtype=param_dtype or stored,
       hf_config_json=json.dumps(d, sort_keys=True),
   )
 
