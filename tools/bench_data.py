@@ -35,6 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_train_step as bts  # pylint: disable=wrong-import-position
+from bench_load import OtherLoad  # pylint: disable=wrong-import-position
 
 
 def open_pipeline(source, tokenizer, data_config, workers: int):
@@ -51,7 +52,7 @@ def shape_key(batch: dict) -> tuple:
 def pipeline_rate(source, tokenizer, data_config, workers: int, batches: int) -> dict:
   """Steady-state samples/s over `batches` batches after the first one."""
   it, counter = open_pipeline(source, tokenizer, data_config, workers)
-  with bts.OtherLoad() as load:
+  with OtherLoad() as load:
     t0 = time.perf_counter()
     next(it)
     first_s = time.perf_counter() - t0
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
         compile_s += variant.compile(b)[1]
         variant.step(b)
     timer = bts.Timed("demo step")
-    with bts.OtherLoad() as load:
+    with OtherLoad() as load:
       for b in batches[2:]:
         timer.run(lambda b=b: variant.step(b))
     batch_size = data_config.global_batch_size
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
       it, _ = open_pipeline(source, tokenizer, data_config, w)
       variant.step(variant.device_batch(next(it)))  # pays worker start-up (and any compile)
       waits, steps = [], []
-      with bts.OtherLoad() as load:
+      with OtherLoad() as load:
         for _ in range(args.e2e_steps):
           t0 = time.perf_counter()
           b = variant.device_batch(next(it))

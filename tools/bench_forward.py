@@ -29,6 +29,8 @@ import tempfile
 import threading
 import time
 
+from bench_load import OtherLoad
+
 MODEL = "smollm2-135m-instruct"
 RSS_GOAL = 1.5
 _BUSY_WARN = 0.25  # cores used by other processes above which timings are suspect
@@ -105,34 +107,13 @@ def _run_child(mode: str, src: str, dst: str) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-class _OtherLoad:
-  """Average cores busy with other processes over a block: /proc/stat minus our own time."""
-
-  def __enter__(self):
-    self._start = self._sample()
-    return self
-
-  def __exit__(self, *exc):
-    (busy0, ours0, wall0), (busy1, ours1, wall1) = self._start, self._sample()
-    self.cores = max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (wall1 - wall0)
-
-  @staticmethod
-  def _sample() -> tuple:
-    with open("/proc/stat", encoding="ascii") as f:
-      fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, _, _, irq, softirq, steal = fields[:8]
-    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    t = os.times()
-    return busy, t.user + t.system + t.children_user + t.children_system, time.perf_counter()
-
-
 def _time_interleaved(fns: tuple, repeats: int) -> tuple:
   """(seconds per call of each function, cores used by others), alternating A, B, A, B.
 
   Alternating spreads a burst of load from another process over both sides.
   """
   times = [[] for _ in fns]
-  with _OtherLoad() as load:
+  with OtherLoad() as load:
     for _ in range(repeats):
       for fn, out in zip(fns, times):
         t0 = time.perf_counter()

@@ -50,6 +50,8 @@ import sys
 import tempfile
 import time
 
+from bench_load import OtherLoad
+
 os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF and shard progress bars
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,49 +104,6 @@ def reset_peak_rss() -> bool:
     return True
   except OSError:
     return False
-
-
-def descendants_cpu_s() -> float:
-  """CPU seconds of this process's live descendants (e.g. grain workers), from /proc."""
-  parent, cpu = {}, {}
-  for entry in os.listdir("/proc"):
-    if not entry.isdigit():
-      continue
-    try:
-      with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-      continue
-    parent[int(entry)] = int(fields[1])
-    cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-  ours, frontier = set(), {os.getpid()}
-  while frontier:
-    frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - ours
-    ours |= frontier
-  return sum(cpu[pid] for pid in ours)
-
-
-class OtherLoad:
-  """Average cores busy with other processes over a block: /proc/stat minus our own time
-  (this process, its reaped children and its live descendants)."""
-
-  def __enter__(self):
-    self._start = self._sample()
-    return self
-
-  def __exit__(self, *exc):
-    (busy0, ours0, wall0), (busy1, ours1, wall1) = self._start, self._sample()
-    self.cores = max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (wall1 - wall0)
-
-  @staticmethod
-  def _sample() -> tuple:
-    with open("/proc/stat", encoding="ascii") as f:
-      fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, _, _, irq, softirq, steal = fields[:8]
-    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    t = os.times()
-    ours = t.user + t.system + t.children_user + t.children_system + descendants_cpu_s()
-    return busy, ours, time.perf_counter()
 
 
 class Timed:
