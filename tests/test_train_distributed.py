@@ -112,6 +112,12 @@ class Run:
     with open(os.path.join(self.workdir, "metrics.jsonl"), encoding="utf-8") as f:
       return [r for r in map(json.loads, filter(str.strip, f)) if "loss" in r]
 
+  def eval_record(self) -> dict:
+    """The end-of-run evaluation line of metrics.jsonl."""
+    with open(os.path.join(self.workdir, "metrics.jsonl"), encoding="utf-8") as f:
+      (record,) = [r for r in map(json.loads, filter(str.strip, f)) if "eval_loss" in r]
+    return record
+
   def losses(self) -> dict:
     return {r["step"]: r["loss"] for r in self.records()}
 
@@ -158,7 +164,7 @@ def two_process_runs(root, inputs) -> list:
   started through the environment variables the library reads."""
   port = free_port()
   return [Run(root, inputs, "two_processes", devices=4, log_suffix=f".{i}", **MESH_2X2X2,
-              **{"train.export_hf": True},
+              **{"train.export_hf": True, "eval.at_end": True},
               env={"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
                    "JAX_PROCESS_ID": str(i)})
           for i in range(2)]
@@ -166,7 +172,8 @@ def two_process_runs(root, inputs) -> list:
 
 REFERENCE_RUNS = {
     "one_device": lambda root, inputs: [Run(root, inputs, "one_device", save_initial=True)],
-    "eight_devices": lambda root, inputs: [Run(root, inputs, "eight_devices", devices=8, **MESH_2X2X2)],
+    "eight_devices": lambda root, inputs: [Run(root, inputs, "eight_devices", devices=8, **MESH_2X2X2,
+                                               **{"eval.at_end": True})],
     "two_processes": two_process_runs,
 }
 
@@ -281,7 +288,8 @@ def test_eight_device_mesh_matches_one_device(one_device, eight_devices):
 
 def test_two_processes_match_one_process(two_processes, eight_devices):
   """Each process loads its half of every global batch (the pipeline's per-process
-  shard); together they train as the single 8-device process and checkpoint together."""
+  shard); together they train as the single 8-device process, checkpoint together,
+  evaluate alike and export the whole model."""
   for r in two_processes:
     assert "processes 2 local_devices 4 devices 8" in r.log()
   lead = two_processes[0]
@@ -290,6 +298,11 @@ def test_two_processes_match_one_process(two_processes, eight_devices):
   np.testing.assert_allclose([actual[s] for s in expected], list(expected.values()), rtol=0, atol=1e-5)
   assert_params_close(lead.params(), eight_devices.params(), atol=1e-5)
   assert lead.finished_checkpoints() == [STEPS - CHECKPOINT_EVERY, STEPS]
+  # Evaluation (greedy answers, held-out loss, text perplexity) runs on both processes.
+  evaluated, expected_eval = lead.eval_record(), eight_devices.eval_record()
+  assert evaluated["eval_accuracy_per_task"] == expected_eval["eval_accuracy_per_task"]
+  for key in ("eval_loss", "text_perplexity"):
+    np.testing.assert_allclose(evaluated[key], expected_eval[key], rtol=1e-4)
   # The HF export: process 0 writes parameters sharded over both processes' devices.
   exported = convert.from_hf(os.path.join(lead.workdir, "hf"))
   assert_params_equal({"/".join(map(str, p)): np.asarray(v) for p, v in model_params(exported).items()},
