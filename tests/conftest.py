@@ -42,6 +42,18 @@ def random_hf_model(config, seed: int = 0):
   return model
 
 
+def random_llava_model(config, seed: int = 0):
+  """A random LlavaForConditionalGeneration whose norms, biases and embeddings are moved
+  away from their trivial init, so a mixed-up tensor cannot go unnoticed."""
+  torch.manual_seed(seed)
+  model = transformers.LlavaForConditionalGeneration(config).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "norm" in name or name.endswith("bias") or "embedding" in name:
+        p.add_(0.1 * torch.randn_like(p))
+  return model
+
+
 def hf_logits(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """transformers' logits with the same positions we use (real tokens counted from 0)."""
   positions = np.maximum(mask.cumsum(axis=1) - 1, 0)

@@ -20,7 +20,7 @@ import transformers
 from safetensors.numpy import load_file
 from safetensors.torch import save_file
 
-from conftest import hf_logits, tiny_llama_config
+from conftest import hf_logits, random_llava_model, tiny_llama_config
 from test_convert_errors import assert_one_error_line
 from test_convert_roundtrip import all_tensors, assert_bit_exact
 from test_lvlm import (IMAGE_TOKEN, batch_with_images, hf_llava_logits, llava_model,
@@ -139,13 +139,7 @@ def tiny_llava_llama(seed=0):
   """clip + a 4-layer Llama: layers_to_transform=[1, 3] leaves layers 0 and 2 untouched."""
   cfg = transformers.LlavaConfig(vision_config=vision_config("clip"), image_token_id=IMAGE_TOKEN,
                                  text_config=tiny_llama_config(num_key_value_heads=2, num_hidden_layers=4))
-  torch.manual_seed(seed)
-  model = transformers.LlavaForConditionalGeneration(cfg).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "norm" in name or name.endswith("bias") or "embedding" in name:
-        p.add_(0.1 * torch.randn_like(p))
-  return model
+  return random_llava_model(cfg, seed)
 
 
 @pytest.fixture(scope="module")

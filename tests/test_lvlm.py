@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import hf_logits, random_hf_model, tiny_llama_config, tiny_phi3_config
+from conftest import hf_logits, random_hf_model, random_llava_model, tiny_llama_config, tiny_phi3_config
 from test_convert_roundtrip import all_tensors, assert_bit_exact
 from visregion_jax import convert, generate
 from visregion_jax.errors import VisRegionError
@@ -30,13 +30,7 @@ def llava_model(vision: str, text: str, seed=0, **overrides):
   text_cfg = tiny_llama_config(num_key_value_heads=2) if text == "llama" else tiny_phi3_config()
   cfg = transformers.LlavaConfig(vision_config=vision_config(vision), text_config=text_cfg,
                                  image_token_id=IMAGE_TOKEN, **overrides)
-  torch.manual_seed(seed)
-  model = transformers.LlavaForConditionalGeneration(cfg).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "norm" in name or name.endswith("bias") or "embedding" in name:
-        p.add_(0.1 * torch.randn_like(p))
-  return model
+  return random_llava_model(cfg, seed)
 
 
 def features_per_image(model):

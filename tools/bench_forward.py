@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 
-from bench_load import OtherLoad
+from bench_load import OtherLoad, cpu_model
 
 MODEL = "smollm2-135m-instruct"
 RSS_GOAL = 1.5
@@ -120,17 +120,6 @@ def _time_interleaved(fns: tuple, repeats: int) -> tuple:
         fn()
         out.append(time.perf_counter() - t0)
   return times, load.cores
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def _report(name: str, detail: str, unit: str, count: int, times: tuple, others: float,
@@ -246,7 +235,7 @@ def main(argv=None) -> int:
   from visregion_jax.convert import gguf_file  # pylint: disable=import-outside-toplevel
 
   torch.set_num_threads(args.threads)
-  print(f"machine: {os.cpu_count()} CPUs, {_cpu_model()} ({platform.machine()}); "
+  print(f"machine: {os.cpu_count()} CPUs, {cpu_model()} ({platform.machine()}); "
         f"torch threads {torch.get_num_threads()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print(f"versions: python {platform.python_version()}, jax {jax.__version__} "
         f"({jax.default_backend()}), torch {torch.__version__}, "

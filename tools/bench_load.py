@@ -1,10 +1,11 @@
-"""How busy the machine is with other processes while a benchmark times something.
+"""The machine a benchmark ran on, and how busy other processes kept it.
 
 Timings on a shared VM are only comparable when nobody else used the cores, so every
-benchmark in tools/ reports this beside its ratios.
+benchmark in tools/ reports the CPU model and this load beside its ratios.
 """
 
 import os
+import platform
 import time
 
 
@@ -49,3 +50,14 @@ class OtherLoad:
     t = os.times()
     ours = t.user + t.system + t.children_user + t.children_system + descendants_cpu_s()
     return busy, ours, time.perf_counter()
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"

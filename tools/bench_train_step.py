@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 
-from bench_load import OtherLoad
+from bench_load import OtherLoad, cpu_model
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF and shard progress bars
 
@@ -64,17 +64,6 @@ _BUSY_WARN = 0.25  # cores used by other processes above which timings are suspe
 
 
 # --- machine and process measurements ---------------------------------------------------
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
 
 def status_kib() -> dict:
   """VmRSS / VmHWM of this process in KiB."""
