@@ -32,6 +32,7 @@ from visregion_jax.convert.vision import vision_tower_to_hf
 from visregion_jax.data.image_processing import (CLIP_MEAN, CLIP_STD, ImageProcessorConfig,
                                                  preprocess)
 from visregion_jax.data.synthetic import TASKS, sample_task
+from visregion_jax.directory_install import install_directory
 from visregion_jax.errors import VisRegionError
 from visregion_jax.models.vision import VisionConfig, VisionTower
 
@@ -252,6 +253,12 @@ def train_vision_tower(dataset: dict, settings: PretrainSettings,
   return model.tower, report
 
 
+def _report_params(out_dir: str):
+  """The settings a pretrained tower in `out_dir` was made with (None if there is none)."""
+  report = _read_json(os.path.join(out_dir, REPORT))
+  return report.get("params") if isinstance(report, dict) else None
+
+
 def _check_replaceable(out_dir: str) -> bool:
   """Whether `out_dir` holds something to replace; raises when that is not a pretrained tower."""
   if not (os.path.isdir(out_dir) and os.listdir(out_dir)):
@@ -260,25 +267,6 @@ def _check_replaceable(out_dir: str) -> bool:
     raise VisRegionError(out_dir, "expected an empty directory or a pretrained vision tower "
                          "(it holds other files; refusing to overwrite them)")
   return True
-
-
-def _install(tmp: str, out_dir: str, params: dict) -> None:
-  """Moves the finished `tmp` to `out_dir`, replacing only an older pretrained tower."""
-  if _check_replaceable(out_dir):
-    old = tempfile.mkdtemp(dir=os.path.dirname(out_dir),
-                           prefix=f".{os.path.basename(out_dir)}.old-")
-    os.replace(out_dir, os.path.join(old, "tower"))
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old)
-    return
-  if os.path.isdir(out_dir):
-    os.rmdir(out_dir)
-  try:
-    os.replace(tmp, out_dir)
-  except OSError:
-    existing = _read_json(os.path.join(out_dir, REPORT))  # another run finished it first
-    if not isinstance(existing, dict) or existing.get("params") != params:
-      raise
 
 
 def pretrain_vision_tower(dataset: dict, out_dir: str, *, image_size: int = 48,
@@ -308,8 +296,7 @@ def pretrain_vision_tower(dataset: dict, out_dir: str, *, image_size: int = 48,
   params = {"format_version": FORMAT_VERSION, "dataset_manifest_sha256": dataset_id,
             "feature_layer": FEATURE_LAYER, "feature_strategy": FEATURE_STRATEGY,
             **dataclasses.asdict(settings)}
-  existing = _read_json(os.path.join(out_dir, REPORT))
-  if isinstance(existing, dict) and existing.get("params") == params:
+  if _report_params(out_dir) == params:
     log(f"vision pretrain: cached in {out_dir}")
     return out_dir
   _check_replaceable(out_dir)  # before training, not after
@@ -325,7 +312,8 @@ def pretrain_vision_tower(dataset: dict, out_dir: str, *, image_size: int = 48,
     with open(os.path.join(tmp, REPORT), "w", encoding="utf-8") as f:
       json.dump({"params": params, **report}, f, indent=2)
       f.write("\n")
-    _install(tmp, out_dir, params)
+    install_directory(tmp, out_dir, holds_older=_check_replaceable,
+                      holds_same=lambda path: _report_params(path) == params)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   log(f"vision pretrain: saved to {out_dir}")

@@ -36,6 +36,7 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw
 
+from visregion_jax.directory_install import install_directory
 from visregion_jax.errors import VisRegionError
 
 FORMAT_VERSION = 1
@@ -307,25 +308,19 @@ def _read_manifest(root: str):
   return manifest if isinstance(manifest, dict) and "format_version" in manifest else None
 
 
-def _install(tmp: str, root: str, params: dict) -> None:
-  """Moves the finished `tmp` to `root`, replacing only an older synthetic set or nothing."""
-  if os.path.isdir(root) and os.listdir(root):
-    if _read_manifest(root) is None:
-      raise VisRegionError(root, "expected an empty directory or a synthetic dataset "
-                           "(it holds other files; refusing to overwrite them)")
-    old = tempfile.mkdtemp(dir=os.path.dirname(root), prefix=f".{os.path.basename(root)}.old-")
-    os.replace(root, os.path.join(old, "data"))
-    os.replace(tmp, root)
-    shutil.rmtree(old)
-    return
-  if os.path.isdir(root):
-    os.rmdir(root)
-  try:
-    os.replace(tmp, root)
-  except OSError:
-    existing = _read_manifest(root)  # another process finished the same set first
-    if not existing or {k: existing.get(k) for k in params} != params:
-      raise
+def _made_with(manifest, params: dict) -> bool:
+  """Whether a set's manifest (None: no set) records exactly these parameters."""
+  return bool(manifest) and {k: manifest.get(k) for k in params} == params
+
+
+def _holds_older_set(root: str) -> bool:
+  """Whether `root` holds a set to replace; raises when it holds other files."""
+  if not (os.path.isdir(root) and os.listdir(root)):
+    return False
+  if _read_manifest(root) is None:
+    raise VisRegionError(root, "expected an empty directory or a synthetic dataset "
+                         "(it holds other files; refusing to overwrite them)")
+  return True
 
 
 def write_synthetic_dataset(root: str, *, seed: int = 0, num_train: int = 2000,
@@ -349,7 +344,7 @@ def write_synthetic_dataset(root: str, *, seed: int = 0, num_train: int = 2000,
             "num_train": num_train, "num_eval": num_eval, "num_text_train": num_text_train,
             "num_text_eval": num_text_eval, "python": "%d.%d" % sys.version_info[:2]}
   existing = _read_manifest(root)
-  if existing and {k: existing.get(k) for k in params} == params:
+  if _made_with(existing, params):
     return _result(root, existing)
 
   digits = _load_digits()
@@ -371,7 +366,8 @@ def write_synthetic_dataset(root: str, *, seed: int = 0, num_train: int = 2000,
                                            "eval": [DIGITS_EVAL_START, NUM_DIGITS]},
                 "counts": counts}
     _write_json(os.path.join(tmp, "manifest.json"), manifest)  # last: it marks the set complete
-    _install(tmp, root, params)
+    install_directory(tmp, root, holds_older=_holds_older_set,
+                      holds_same=lambda path: _made_with(_read_manifest(path), params))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return _result(root, manifest)
