@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test clean-venv
+.PHONY: demo test lint clean-venv
 
 $(VENV)/.runtime-installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
 demo: $(VENV)/.dev-installed
 	$(PY) -m visregion_jax.train --config configs/demo.py
 
-test: $(VENV)/.dev-installed
+# ruff (rules in pyproject.toml) and the layering contracts of .importlinter.
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check visregion_jax tools tests configs
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q -n 2 --durations=10 tests
 
 clean-venv:

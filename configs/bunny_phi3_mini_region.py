@@ -16,7 +16,7 @@ Set before running (placeholders):
   workdir
 """
 
-from base import base_config
+from visregion_jax import base_config
 
 
 def get_config():

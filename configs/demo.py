@@ -1,23 +1,28 @@
 """The demo: SmolLM2-135M-Instruct learns to see, on this CPU, in a few minutes.
 
-A small CLIP-style tower is first pretrained by the demo on the synthetic images
-(cached in the workdir), then frozen; the projector and the uniform 25% region of
-SmolLM2's 30 layers are trained on the synthetic image-QA set.
+The demo's hook (`visregion_jax.demo`) first writes the synthetic image-QA set and
+pretrains a small CLIP-style tower on its images (both cached in the workdir); the
+projector and the uniform 25% region of SmolLM2's 30 layers are then trained with the
+tower frozen, and after the export transformers answers held-out questions with it.
 """
 
-from base import base_config
+import ml_collections
+
+from visregion_jax import base_config
 
 
 def get_config():
   c = base_config()
   c.workdir = "demo_workdir"
+  c.hook = "visregion_jax.demo"
+  c.demo = ml_collections.ConfigDict()
+  c.demo.data_root = "{workdir}/data"                 # the synthetic image-QA set is written here
+  c.demo.data_sizes = dict(num_train=2000, num_eval=200, image_size=64)
+  c.demo.tower = dict(image_size=48, patch_size=8, hidden_size=128, num_layers=4, num_heads=4,
+                      steps=600, batch_size=64, learning_rate=2e-3)  # pretraining of model.vision_tower
+  c.demo.transformers_check = True                    # transformers answers with the export
   c.model.init_from = "smollm2-135m-instruct"
   c.model.vision_tower = "{workdir}/vision_tower"
-  c.model.pretrain_vision_tower = dict(image_size=48, patch_size=8, hidden_size=128,
-                                       num_layers=4, num_heads=4, steps=600, batch_size=64,
-                                       learning_rate=2e-3)
-  c.data.synthetic_root = "{workdir}/data"
-  c.data.synthetic_sizes = dict(num_train=2000, num_eval=200, image_size=64)
   c.data.train_json = "{workdir}/data/train.json"
   c.data.eval_json = "{workdir}/data/eval.json"
   c.data.text_eval_json = "{workdir}/data/text_eval.json"
@@ -37,5 +42,4 @@ def get_config():
   c.eval.at_start = True
   c.eval.num_samples = 64
   c.eval.max_new_tokens = 8
-  c.eval.transformers_check = True
   return c

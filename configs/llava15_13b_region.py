@@ -13,7 +13,7 @@ Set before running (placeholders):
   data.train_json, data.image_root, workdir  as in llava15_7b_region.py
 """
 
-from base import base_config
+from visregion_jax import base_config
 
 
 def get_config():

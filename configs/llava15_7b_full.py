@@ -12,7 +12,7 @@ data.train_json, data.image_root, workdir, as in llava15_7b_region.py. Run
 of 6.5B parameters need a mesh that shards them (fsdp over every device).
 """
 
-from base import base_config
+from visregion_jax import base_config
 
 
 def get_config():

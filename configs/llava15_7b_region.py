@@ -24,7 +24,7 @@ devices without loading weights (model.architecture describes the model while
 init_from is not a local directory).
 """
 
-from base import base_config
+from visregion_jax import base_config
 
 
 def get_config():

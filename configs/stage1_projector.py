@@ -24,7 +24,7 @@ For Bunny, use the Bunny decoder, the SigLIP-so400m-384 vision model,
 bunny-phi3-mini) and Bunny's pretraining captions (bunny_pretrain_laion_2m.json).
 """
 
-from base import base_config
+from visregion_jax import base_config
 
 
 def get_config():

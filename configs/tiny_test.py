@@ -1,6 +1,6 @@
 """A seconds-long run on tiny random models: the test suite's training config."""
 
-from base import base_config
+from visregion_jax import base_config
 
 
 def get_config():

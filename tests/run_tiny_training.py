@@ -2,7 +2,7 @@
 
 The CPU device count (XLA_FLAGS) and `jax.distributed` are fixed when JAX starts, so a
 test that compares meshes, processes or a killed run starts this script as a
-subprocess. It trains with `visregion_jax.train.run` and writes the final parameters
+subprocess. It trains with `visregion_jax.train.loop.run` and writes the final parameters
 (gathered to process 0) as a .npz keyed by their NNX path. A multi-process run is
 launched as a user would by hand: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
 JAX_PROCESS_ID in the environment.
@@ -72,14 +72,14 @@ def save_params(path: str, model) -> None:
 def install_initial_params_dump(train, path: str) -> None:
   """Saves the parameters as built, before any step, so a test can tell that training
   moved them (a comparison of two runs that both did nothing would pass)."""
-  build_model = train.model_builder.build_model
+  build_model = train.build_model
 
   def dumping_build_model(*args, **kwargs):
-    model, layers = build_model(*args, **kwargs)
+    model, plan = build_model(*args, **kwargs)
     save_params(path, model)
-    return model, layers
+    return model, plan
 
-  train.model_builder.build_model = dumping_build_model
+  train.build_model = dumping_build_model
 
 
 def install_stall_after_step(train, step: int, marker: str) -> None:
@@ -116,10 +116,12 @@ def install_hang_before_commit(step: int, marker: str) -> None:
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   import jax  # pylint: disable=import-outside-toplevel
-  from visregion_jax import sharding, train  # pylint: disable=import-outside-toplevel
+
+  from visregion_jax import sharding  # pylint: disable=import-outside-toplevel
+  from visregion_jax.train import loop as train  # pylint: disable=import-outside-toplevel
   # What train.run does first; here before the device count is printed (which starts JAX).
   sharding.maybe_initialize_distributed(False)
-  from visregion_jax.config_loading import load_config  # pylint: disable=import-outside-toplevel
+  from visregion_jax.config.loading import load_config  # pylint: disable=import-outside-toplevel
 
   if args.stall_after_step:
     install_stall_after_step(train, args.stall_after_step, args.marker)

@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from visregion_jax.convert.__main__ import main

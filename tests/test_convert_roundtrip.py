@@ -4,13 +4,12 @@ import json
 import os
 
 import ml_dtypes
-import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import random_hf_model, save_hf_model, tiny_llama_config, tiny_phi3_config
 from safetensors.numpy import load_file
 
-from conftest import random_hf_model, save_hf_model, tiny_llama_config, tiny_phi3_config
 from visregion_jax import convert
 from visregion_jax.convert import jax_checkpoint
 

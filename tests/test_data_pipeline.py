@@ -8,8 +8,9 @@ import pytest
 
 from visregion_jax.convert import load_tokenizer
 from visregion_jax.convert.gguf_file import SMOLLM2_ALIAS, resolve_model_path
-from visregion_jax.data import pipeline, skip, sources, synthetic
+from visregion_jax.data import pipeline, skip, sources
 from visregion_jax.data.image_processing import ImageProcessorConfig
+from visregion_jax.demo import synthetic
 from visregion_jax.errors import VisRegionError
 
 IMAGE_TOKEN_ID = 49151

@@ -6,15 +6,16 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 from flax import nnx
 
-from visregion_jax import dry_run, model_builder
-from visregion_jax.config_loading import load_config
+from visregion_jax import model_spec
+from visregion_jax.config.loading import load_config
 from visregion_jax.errors import VisRegionError
 from visregion_jax.models.lvlm import LVLM
+from visregion_jax.plan import TrainingPlan
+from visregion_jax.train import dry_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2 ** 30
@@ -22,9 +23,10 @@ GIB = 2 ** 30
 # One process, 8 CPU devices: the CLI prints the 7B table, then each case's numbers as JSON.
 SCRIPT = r"""
 import json, sys
-from visregion_jax import dry_run, train
-from visregion_jax.config_loading import load_config
-assert train.main(["--config", "configs/llava15_7b_region.py", "--config.dry_run=True"]) == 0
+from visregion_jax.config.loading import load_config
+from visregion_jax.train import dry_run
+from visregion_jax.train.__main__ import main
+assert main(["--config", "configs/llava15_7b_region.py", "--config.dry_run=True"]) == 0
 for name, args in json.loads(sys.argv[1]).items():
   e = dry_run.estimate(load_config(args, "test"))
   print("RESULT " + json.dumps({name: e}))
@@ -144,7 +146,7 @@ def test_llava15_13b_on_8_devices(eight_devices):
 
 
 @pytest.mark.parametrize("case, frozen, trainable", [
-    # model_builder adds one <image> row to the decoder's vocabulary
+    # the builder adds one <image> row to the decoder's vocabulary
     ("bunny_llama3", llama(4096, 1024, 14336, 32, 128257) + siglip_so400m_384(),
      {"projector": projector(4096, 1152), "lora": 8 * 128 * (2 * 8192 + 2 * 5120 + 3 * 18432)}),
     ("bunny_phi3", llama(3072, 3072, 8192, 32, 32065) + siglip_so400m_384(),
@@ -222,7 +224,7 @@ def test_llava_config_json(tmp_path):
 
 
 def test_decoder_and_tower_config_json(tmp_path):
-  """A decoder joined with a tower gets model_builder's extra <image> row; a full update
+  """A decoder joined with a tower gets the builder's extra <image> row; a full update
   makes the region layers' own weights trainable."""
   e = dry_run.estimate(tiny_config(tmp_path, llava=False, lora_rank=0))
   want = tiny_counts(97, 0, 1)
@@ -244,16 +246,16 @@ def test_layer_clones_equal_one_trace():
   """The fast abstract build holds exactly what one nnx.eval_shape of the model holds."""
   spec = {"llava": {"model_type": "llava", "text_config": TINY_TEXT, "vision_config": TINY_VISION,
                     "image_token_index": 95}}
-  cfg = dry_run.model_config(spec, None, "float32")
-  r = types.SimpleNamespace(lora_rank=4, lora_alpha=8.0, lora_dropout=0.1)
+  cfg = model_spec.model_config(spec, None, "float32")
+  plan = TrainingPlan(region_layers=(1, 3), lora_rank=4, lora_alpha=8.0, lora_dropout=0.1)
 
   def one_trace():
     model = LVLM(cfg, rngs=nnx.Rngs(0))
-    model_builder.add_lora(model, (1, 3), 4, 8.0, 0.1, 0)
+    plan.prepare(model, 0)
     return model
 
   def describe(model):
     return [(path, v.get_value().shape, v.get_value().dtype, type(v).__name__,
              v.get_metadata().get("logical_axes")) for path, v in nnx.to_flat_state(nnx.state(model))]
 
-  assert describe(dry_run.abstract_model(cfg, (1, 3), r, 0)) == describe(nnx.eval_shape(one_trace))
+  assert describe(dry_run.abstract_model(cfg, plan, 0)) == describe(nnx.eval_shape(one_trace))

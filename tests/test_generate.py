@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_hf_model, save_hf_model, tiny_llama_config, tiny_phi3_config
+
 from visregion_jax import convert, generate
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
 from conftest import random_hf_model
+
 from visregion_jax import convert
 from visregion_jax.convert.gguf_file import GGUFSource
 from visregion_jax.errors import VisRegionError

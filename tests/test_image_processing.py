@@ -14,8 +14,7 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
 from transformers.image_transforms import convert_to_rgb
 
-from visregion_jax.data.image_processing import (ImageProcessorConfig, expand_to_square,
-                                                 preprocess, to_rgb)
+from visregion_jax.data.image_processing import ImageProcessorConfig, expand_to_square, preprocess, to_rgb
 from visregion_jax.errors import VisRegionError
 
 CONFIGS = {"clip_336": ImageProcessorConfig.clip_336, "siglip_384": ImageProcessorConfig.siglip_384}

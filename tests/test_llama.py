@@ -3,8 +3,8 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import hf_logits, random_hf_model, save_hf_model, tiny_llama_config, tiny_phi3_config
+
 from visregion_jax import convert
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,

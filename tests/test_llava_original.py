@@ -17,17 +17,16 @@ import peft
 import pytest
 import torch
 import transformers
+from conftest import hf_logits, random_llava_model, tiny_llama_config
 from safetensors.numpy import load_file
 from safetensors.torch import save_file
-
-from conftest import hf_logits, random_llava_model, tiny_llama_config
 from test_convert_errors import assert_one_error_line
 from test_convert_roundtrip import all_tensors, assert_bit_exact
-from test_lvlm import (IMAGE_TOKEN, batch_with_images, hf_llava_logits, llava_model,
-                       vision_config)
+from test_lvlm import IMAGE_TOKEN, batch_with_images, hf_llava_logits, llava_model, vision_config
+
 from visregion_jax import convert
 from visregion_jax.convert.__main__ import main
-from visregion_jax.convert.hf import model_params
+from visregion_jax.convert.params import model_params
 from visregion_jax.errors import VisRegionError
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

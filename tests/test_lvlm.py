@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
-from conftest import hf_logits, random_hf_model, random_llava_model, tiny_llama_config, tiny_phi3_config
+from conftest import random_llava_model, tiny_llama_config, tiny_phi3_config
 from test_convert_roundtrip import all_tensors, assert_bit_exact
+
 from visregion_jax import convert, generate
 from visregion_jax.errors import VisRegionError
 from visregion_jax.models.lvlm import LVLM

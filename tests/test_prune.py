@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
 from conftest import random_hf_model, save_hf_model, tiny_llama_config, tiny_phi3_config
 from test_lvlm import batch_with_images, llava_model
+
 from visregion_jax import convert, generate, prune
 from visregion_jax.errors import VisRegionError
 

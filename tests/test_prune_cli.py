@@ -17,14 +17,18 @@ import ml_collections
 import numpy as np
 import pytest
 import torch
+import train_fixtures
 import transformers
 from PIL import Image
 
-import train_fixtures
-from visregion_jax import convert, plots, prune, prune_cli, train
-from visregion_jax.config_loading import load_config
+from visregion_jax import convert, plots, prune
+from visregion_jax.config.loading import load_config
 from visregion_jax.data import pipeline, sources
+from visregion_jax.data.from_config import data_config_for
 from visregion_jax.errors import VisRegionError
+from visregion_jax.prune import job as prune_cli
+from visregion_jax.prune.__main__ import main as prune_main
+from visregion_jax.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_LAYERS, REGION = 4, [1]  # uniform, fraction 0.25 of 4 layers (see test_train.py)
@@ -63,7 +67,7 @@ def runs(inputs, config_file, trained, tmp_path_factory):
              "prune.k": 2, "region.strategy": "last", "data.eval_json": "", "data.text_eval_json": "",
              "prune.scores_json": os.path.join(trained, "prune", "scores.json")}))}
   for _, args in out.values():
-    assert prune.main(args) == 0
+    assert prune_main(args) == 0
   return out
 
 
@@ -97,7 +101,7 @@ def test_scores_equal_layer_scores_on_the_same_calibration_batches(runs):
   hf_dir = os.path.join(workdir, "hf")
   model = convert.from_hf(hf_dir)
   tokenizer = convert.load_tokenizer(hf_dir)
-  data_config = train.data_config_for(config, model, tokenizer, hf_dir)
+  data_config = data_config_for(config, model, tokenizer, hf_dir)
   source = sources.JsonSource(config.data.train_json, config.data.image_root)
   loader = pipeline.SampleLoader(source, tokenizer, data_config)
   records = [r for r in (loader(i) for i in np.random.default_rng(config.seed).permutation(len(source)))
@@ -245,7 +249,7 @@ def short_scores(tmp_path):
     (lambda tmp: {"prune.scores_json": short_scores(tmp)}, "expected 4 layer scores for this model, got 3"),
 ])
 def test_bad_input_is_one_error_line(inputs, config_file, trained, tmp_path, capsys, extra, expected):
-  assert prune.main(argv(inputs, config_file, trained, **extra(tmp_path))) == 2
+  assert prune_main(argv(inputs, config_file, trained, **extra(tmp_path))) == 2
   lines = error_lines(capsys)
   assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
 

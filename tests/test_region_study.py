@@ -10,9 +10,8 @@ import os
 import subprocess
 import sys
 
-from PIL import Image
-
 import train_fixtures
+from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, "tools", "region_study.py")

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from skimage import measure
 
-from visregion_jax.data import synthetic
+from visregion_jax import evaluation
+from visregion_jax.demo import synthetic
 from visregion_jax.errors import VisRegionError
 
 SIZE = 48
@@ -38,7 +39,7 @@ def pixels(dataset, sample):
 
 
 def of_task(dataset, task, split="train"):
-  return [s for s in load(dataset[split]) if synthetic.sample_task(s) == task]
+  return [s for s in load(dataset[split]) if evaluation.sample_task(s) == task]
 
 
 def tree(root):
@@ -214,7 +215,7 @@ def test_bad_parameters(tmp_path, kwargs, where):
     ("Return the square root of x.", "Return the square root of x", True),
 ])
 def test_answer_matches(prediction, reference, expected):
-  assert synthetic.answer_matches(prediction, reference) is expected
+  assert evaluation.answer_matches(prediction, reference) is expected
 
 
 def test_chance_accuracy(dataset):

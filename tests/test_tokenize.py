@@ -19,15 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-from transformers import (AddedToken, CLIPImageProcessorPil, LlamaTokenizer, LlavaProcessor,
-                          PreTrainedTokenizerFast)
+from transformers import AddedToken, CLIPImageProcessorPil, LlamaTokenizer, LlavaProcessor, PreTrainedTokenizerFast
 
 from visregion_jax.convert import load_tokenizer
 from visregion_jax.convert.gguf_file import resolve_model_path
 from visregion_jax.data import skip
 from visregion_jax.data.skip import SkipSample
-from visregion_jax.data.tokenize import (IGNORE_INDEX, TokenizeConfig, TokenizedSample,
-                                         tokenize_conversation)
+from visregion_jax.data.tokenize import IGNORE_INDEX, TokenizeConfig, TokenizedSample, tokenize_conversation
 from visregion_jax.errors import VisRegionError
 
 LLAVA_IMAGE_INDEX = -200  # LLaVA's IMAGE_TOKEN_INDEX: in no vocabulary

@@ -17,13 +17,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import train_fixtures
 from flax import nnx
 from safetensors.numpy import load_file
 
-import train_fixtures
-from visregion_jax import model_builder, optim, region, train
-from visregion_jax.config_loading import load_config
+from visregion_jax import optim
+from visregion_jax.config.loading import load_config
 from visregion_jax.errors import VisRegionError
+from visregion_jax.train import builder, loop
+from visregion_jax.train.__main__ import main as train_main
+from visregion_jax.train.__main__ import train as train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "demo.py")
@@ -157,7 +160,7 @@ def base(inputs):
 
 def run_tiny(inputs, workdir, **extra) -> dict:
   config = load_config(train_fixtures.overrides(inputs, workdir, **extra), "test")
-  results = train.run(config)
+  results = loop.run(config)
   return {"config": config, "workdir": workdir, "results": results,
           "params": flat_params(results["model"])}
 
@@ -198,14 +201,10 @@ def check_full_update_params(params: dict, start: dict, decoder: dict, tower: di
   assert sorted(hf_tower_name(p)[0] for p in params if p[0] == "vision_tower") == sorted(tower)
 
 
-def check_reconstructed_opt_state(model, layers, train_config, params: dict) -> None:
-  """train.run's split -> labels -> optimizer path, shape-only (nothing allocated)."""
-  def trainable(path, variable):
-    return (isinstance(variable, nnx.Param)
-            and region.label_of(tuple(path), layers, lora=False) != region.FROZEN)
-
-  _, state, frozen, _ = nnx.split(model, trainable, nnx.Param, ...)
-  tx, _ = optim.make_optimizer(train_config, region.param_labels(state, layers, lora=False))
+def check_reconstructed_opt_state(model, plan, train_config, params: dict) -> None:
+  """The run's split -> labels -> optimizer path, shape-only (nothing allocated)."""
+  _, state, frozen, _ = plan.split(model)
+  tx, _ = optim.make_optimizer(train_config, plan.labels(state))
   shapes = [x for x in jax.tree.leaves(jax.eval_shape(tx.init, state)) if x.shape != ()]
   trainable_bytes = nbytes(jax.tree.leaves(state))
   assert {tuple(p) for p, _ in nnx.to_flat_state(state)} == {
@@ -218,12 +217,12 @@ def test_full_update_run(inputs, base, tmp_path):
   decoder, tower = base
   run = run_tiny(inputs, str(tmp_path / "full"), **{"region.strategy": "uniform", "region.lora_rank": 0})
   # the model the run started from: the projector is fresh, so in no file
-  model, layers = model_builder.build_model(run["config"], str(tmp_path / "init"))
-  assert len(model.layers) == NUM_LAYERS and tuple(layers) == REGION
+  model, plan = builder.build_model(run["config"], str(tmp_path / "init"))
+  assert len(model.layers) == NUM_LAYERS and plan.region_layers == REGION
   params = run["params"]
   check_full_update_params(params, flat_params(model), decoder, tower)
   check_opt_state(run, [v for p, v in params.items() if p[0] == "projector" or decoder_layer(p) in REGION])
-  check_reconstructed_opt_state(model, layers, run["config"].train, params)
+  check_reconstructed_opt_state(model, plan, run["config"].train, params)
 
 
 # --- 2 + 3. LoRA: base untouched, export merges W + (alpha/r) A B -----------------------
@@ -317,7 +316,7 @@ def test_bad_config_exits_2_with_one_line(name, inputs, tmp_path, capsys):
   extra, named = _bad_config_cases()[name]
   argv = train_fixtures.overrides(inputs, str(tmp_path / "wd"), **extra)
   capsys.readouterr()
-  rc = train.main(argv)
+  rc = train_main(argv)
   captured = capsys.readouterr()
   assert_one_error_line(rc, captured.err, captured.out, named)
   assert not os.path.isdir(tmp_path / "wd" / "checkpoints")
@@ -325,18 +324,18 @@ def test_bad_config_exits_2_with_one_line(name, inputs, tmp_path, capsys):
 
 def test_missing_config_file_exits_2(tmp_path, capsys):
   missing = str(tmp_path / "no_such_config.py")
-  rc = train.main(["--config", missing, "--config.train.steps=1"])
+  rc = train_main(["--config", missing, "--config.train.steps=1"])
   captured = capsys.readouterr()
   assert_one_error_line(rc, captured.err, captured.out, missing)
 
 
 def test_whole_dict_override_is_applied_or_rejected_cleanly():
-  """demo.py's dicts are ConfigDicts: `--config.data.synthetic_sizes={...}` replaces the
+  """demo.py's dicts are ConfigDicts: `--config.demo.data_sizes={...}` replaces the
   dict; a non-dict is one `error:` naming the key, never an uncaught exception."""
-  config = load_config(["--config", DEMO, "--config.data.synthetic_sizes={'num_train': 16}"], "test")
-  assert config.data.synthetic_sizes.num_train == 16
-  with pytest.raises(VisRegionError, match="data.synthetic_sizes"):
-    load_config(["--config", DEMO, "--config.data.synthetic_sizes=[1, 2]"], "test")
+  config = load_config(["--config", DEMO, "--config.demo.data_sizes={'num_train': 16}"], "test")
+  assert config.demo.data_sizes.num_train == 16
+  with pytest.raises(VisRegionError, match="demo.data_sizes"):
+    load_config(["--config", DEMO, "--config.demo.data_sizes=[1, 2]"], "test")
 
 
 def test_bad_config_through_subprocess(inputs, tmp_path):
@@ -356,10 +355,10 @@ def demo_argv(workdir: str, init_from=None) -> list:
   is not accepted yet (test_whole_dict_override_is_applied_or_rejected_cleanly).
   """
   values = {"workdir": workdir, "train.steps": STEPS,
-            "data.synthetic_sizes.num_train": 16, "data.synthetic_sizes.num_eval": 4,
-            "data.synthetic_sizes.image_size": 48,
-            "model.pretrain_vision_tower.image_size": 16, "model.pretrain_vision_tower.hidden_size": 16,
-            "model.pretrain_vision_tower.num_layers": 2, "model.pretrain_vision_tower.num_heads": 2,
+            "demo.data_sizes.num_train": 16, "demo.data_sizes.num_eval": 4,
+            "demo.data_sizes.image_size": 48,
+            "demo.tower.image_size": 16, "demo.tower.hidden_size": 16,
+            "demo.tower.num_layers": 2, "demo.tower.num_heads": 2,
             "eval.num_samples": 2, "eval.max_new_tokens": 2}
   if init_from:
     values["model.init_from"] = init_from
@@ -384,13 +383,15 @@ def check_demo_run(workdir: str, results: dict):
   assert "before" in results and "after" in results
   assert np.isfinite(results["after"]["eval_loss"])
   assert os.path.isfile(os.path.join(results["hf_dir"], "config.json"))
+  check = results["transformers_check"]  # transformers, on the export, answers as the JAX model does
+  assert check["count"] == 2 and check["agree"] == check["count"], check
 
 
 def test_demo_config_three_steps(inputs, tmp_path):
   """The demo with the tiny random decoder (SmolLM2's tokenizer and chat template)."""
   workdir = str(tmp_path / "demo")
   config = load_config(demo_argv(workdir, init_from=inputs["decoder"]), "test")
-  results = train.run(config)
+  results = train_command(config)
   check_demo_run(workdir, results)
 
 
@@ -399,7 +400,7 @@ def test_demo_config_three_steps(inputs, tmp_path):
                            "set VISREGION_SLOW_TESTS=1 to run it")
 def test_demo_config_three_steps_smollm2(tmp_path):
   workdir = str(tmp_path / "demo")
-  results = train.run(load_config(demo_argv(workdir), "test"))
+  results = train_command(load_config(demo_argv(workdir), "test"))
   check_demo_run(workdir, results)
 
 
@@ -408,7 +409,7 @@ def test_convert_to_hf_from_a_training_workdir(inputs, tmp_path):
   trained parameters and exports exactly what the run itself exported."""
   from visregion_jax.convert.__main__ import main as convert_main  # pylint: disable=import-outside-toplevel
   workdir = str(tmp_path / "run")
-  train.run(load_config(train_fixtures.overrides(inputs, workdir, **{
+  loop.run(load_config(train_fixtures.overrides(inputs, workdir, **{
       "train.export_hf": "true", "region.lora_rank": "4", "region.lora_dropout": "0.0"}), "test"))
   assert convert_main(["to-hf", "--src", workdir, "--dst", str(tmp_path / "again")]) == 0
   ours = load_file(os.path.join(workdir, "hf", "model.safetensors"))

@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 import pytest
-
 from train_fixtures import build_inputs, overrides
+
 from visregion_jax import convert
-from visregion_jax.convert.hf import model_params
+from visregion_jax.convert.params import model_params
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)

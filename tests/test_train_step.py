@@ -7,16 +7,16 @@ two steps with `remat=True` must give the losses, gradients and parameters of
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 
-from visregion_jax import model_builder
+from visregion_jax.data.tokenize import IGNORE_INDEX as IGNORE
 from visregion_jax.models.config import DecoderConfig
 from visregion_jax.models.llama import build_decoder
-from visregion_jax.train_step import IGNORE, make_train_step
+from visregion_jax.plan import TrainingPlan
+from visregion_jax.train.step import make_train_step
 
 CONFIG = DecoderConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=3,
                        num_heads=4, num_kv_heads=2, head_dim=8)
@@ -35,12 +35,10 @@ def batch(seed: int) -> dict:
 def train_two_steps(remat: bool, lora_dropout):
   """Metrics of two steps and the trainable params after them."""
   model = build_decoder(CONFIG.replace(remat=remat), seed=0)
-  if lora_dropout is None:  # full update of layer 1
-    trainable = lambda path, v: isinstance(v, nnx.Param) and path[:2] == ("layers", 1)
-  else:
-    model_builder.add_lora(model, [1], rank=4, alpha=8.0, dropout=lora_dropout, seed=0)
-    trainable = nnx.LoRAParam
-  graphdef, params, frozen, rest = nnx.split(model, trainable, nnx.Param, ...)
+  plan = TrainingPlan(region_layers=(1,)) if lora_dropout is None else \
+      TrainingPlan(region_layers=(1,), lora_rank=4, lora_alpha=8.0, lora_dropout=lora_dropout)
+  plan.prepare(model, seed=0)
+  graphdef, params, frozen, rest = plan.split(model)
   tx = optax.adamw(1e-2)
   opt_state = tx.init(params)
   step = make_train_step(graphdef, tx, accum_steps=2, seed=0)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import save_hf_model
 from safetensors.numpy import load_file, save_file
 
-from conftest import save_hf_model
 from visregion_jax.convert import vision_config
 from visregion_jax.convert.vision import vision_tower_from_hf, vision_tower_to_hf
 from visregion_jax.errors import VisRegionError

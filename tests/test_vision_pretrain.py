@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from visregion_jax import vision_pretrain
 from visregion_jax.convert.vision import vision_tower_from_hf
 from visregion_jax.data.image_processing import ImageProcessorConfig
-from visregion_jax.data.synthetic import write_synthetic_dataset
+from visregion_jax.demo import vision_pretrain
+from visregion_jax.demo.synthetic import write_synthetic_dataset
 from visregion_jax.errors import VisRegionError
 
 # Compiling dominates these runs; they only need a tower that is not the initial one.

@@ -9,7 +9,7 @@ import transformers
 
 from visregion_jax.convert.gguf_file import SMOLLM2_ALIAS, resolve_model_path
 from visregion_jax.convert.tokenizer import load_tokenizer
-from visregion_jax.data import synthetic
+from visregion_jax.demo import synthetic
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 

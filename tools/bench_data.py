@@ -9,7 +9,7 @@ Measures, in one run:
      (the first batch, which pays for worker start-up, is timed apart);
   2. the samples/s the demo's training step consumes: SmolLM2-135M + the demo-sized
      random CLIP tower, batch 8, uniform 25% region with a full update, fp32,
-     built and jitted by `bench_train_step.Variant` exactly as `train.run` does, on
+     built and jitted by `bench_jax_step.Variant` exactly as `train.run` does, on
      the pipeline's own batches (their bucket lengths, 96 or 128);
   3. end to end: the step fed straight from the pipeline's iterator for each worker
      count, the wait for each batch timed apart from the step, since on a 2-core
@@ -34,8 +34,20 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_train_step as bts  # pylint: disable=wrong-import-position
+from bench_jax_step import Variant, demo_config, write_random_tower  # pylint: disable=wrong-import-position
 from bench_load import OtherLoad  # pylint: disable=wrong-import-position
+from bench_measure import Timed, header  # pylint: disable=wrong-import-position
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' progress bars
+
+
+@dataclasses.dataclass
+class Demo:
+  """The demo's step and the data that feeds it: built once, then measured every way."""
+  variant: Variant
+  tokenizer: object
+  data_config: object
+  source: object
 
 
 def open_pipeline(source, tokenizer, data_config, workers: int):
@@ -68,6 +80,7 @@ def pipeline_rate(source, tokenizer, data_config, workers: int, batches: int) ->
 def stage_breakdown(source, tokenizer, data_config, samples: int) -> dict:
   """Seconds per sample of each stage of `SampleLoader`, run serially in this process."""
   import numpy as np  # pylint: disable=import-outside-toplevel
+
   from visregion_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from visregion_jax.data.tokenize import tokenize_conversation  # pylint: disable=import-outside-toplevel
   loader = pipeline.SampleLoader(source, tokenizer, data_config)
@@ -115,85 +128,90 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-  args = parse_args(argv)
-  workers = [int(w) for w in args.workers.split(",") if w != ""]
-  from visregion_jax import train  # pylint: disable=import-outside-toplevel
+def write_demo_data(workdir: str, num_train) -> tuple:
+  """(config, tower dir): the demo config on a random tower, its synthetic set written to `workdir`."""
+  from visregion_jax.demo import synthetic  # pylint: disable=import-outside-toplevel
+  tower_dir = write_random_tower(os.path.join(workdir, "tower"))
+  config = demo_config(workdir, tower_dir, strategy="uniform", fraction=0.25, lora_rank=0)
+  sizes = dict(config.demo.data_sizes or {})
+  if num_train is not None:
+    sizes["num_train"] = num_train
+  t0 = time.perf_counter()
+  synthetic.write_synthetic_dataset(config.data.image_root, seed=config.seed, **sizes)
+  print(f"synthetic set {sizes} written in {time.perf_counter() - t0:.1f} s")
+  return config, tower_dir
+
+
+def build_demo(config, workdir: str, tower_dir: str) -> Demo:
+  """The demo's step, tokenizer, data config and source, as `train.run` would build them."""
   from visregion_jax.convert import load_tokenizer  # pylint: disable=import-outside-toplevel
-  from visregion_jax.data import sources, synthetic  # pylint: disable=import-outside-toplevel
+  from visregion_jax.data import sources  # pylint: disable=import-outside-toplevel
+  from visregion_jax.data.from_config import data_config_for  # pylint: disable=import-outside-toplevel
   from visregion_jax.models.lvlm import abstract_lvlm  # pylint: disable=import-outside-toplevel
-  bts.header()
-  with tempfile.TemporaryDirectory(prefix="bench_data_") as workdir:
-    tower_dir = bts.write_random_tower(os.path.join(workdir, "tower"))
-    config = bts.demo_config(workdir, tower_dir, strategy="uniform", fraction=0.25, lora_rank=0)
-    sizes = dict(config.data.synthetic_sizes or {})
-    if args.num_train is not None:
-      sizes["num_train"] = args.num_train
-    t0 = time.perf_counter()
-    synthetic.write_synthetic_dataset(config.data.image_root, seed=config.seed, **sizes)
-    print(f"synthetic set {sizes} written in {time.perf_counter() - t0:.1f} s")
+  t0 = time.perf_counter()
+  variant = Variant("demo", config, workdir)
+  tokenizer = load_tokenizer(variant.model_config.source)
+  data_config = data_config_for(config, abstract_lvlm(variant.model_config), tokenizer, tower_dir)
+  source = sources.JsonSource(config.data.train_json, config.data.image_root)
+  print(f"demo model built in {time.perf_counter() - t0:.1f} s: region layers "
+        f"{list(variant.layers)}, trainable {variant.trainable_params / 1e6:.2f} M; data: "
+        f"{len(source)} samples, template {data_config.template!r}, images "
+        f"{data_config.image.crop_size or data_config.image.size} px, "
+        f"{data_config.num_image_tokens} image tokens, buckets {data_config.buckets}, batch "
+        f"{data_config.global_batch_size}, read threads {data_config.read_threads}")
+  return Demo(variant, tokenizer, data_config, source)
 
-    t0 = time.perf_counter()
-    variant = bts.Variant("demo", config, workdir)
-    tokenizer = load_tokenizer(variant.model_config.source)
-    data_config = train.data_config_for(config, abstract_lvlm(variant.model_config), tokenizer,
-                                        tower_dir)
-    source = sources.JsonSource(config.data.train_json, config.data.image_root)
-    print(f"demo model built in {time.perf_counter() - t0:.1f} s: region layers "
-          f"{list(variant.layers)}, trainable {variant.trainable_params / 1e6:.2f} M; data: "
-          f"{len(source)} samples, template {data_config.template!r}, images "
-          f"{data_config.image.crop_size or data_config.image.size} px, "
-          f"{data_config.num_image_tokens} image tokens, buckets {data_config.buckets}, batch "
-          f"{data_config.global_batch_size}, read threads {data_config.read_threads}")
 
-    rows = [pipeline_rate(source, tokenizer, data_config, w, args.batches) for w in workers]
+def consumption(demo: Demo, steps: int) -> dict:
+  """Samples/s of the demo step alone, on the pipeline's own batches (every bucket warmed first)."""
+  variant = demo.variant
+  it, _ = open_pipeline(demo.source, demo.tokenizer, demo.data_config, 0)
+  batches = [variant.device_batch(next(it)) for _ in range(steps + 2)]
+  it.close()
+  compile_s = 0.0
+  for b in batches:
+    if shape_key(b) not in variant.compiled:
+      compile_s += variant.compile(b)[1]
+      variant.step(b)
+  timer = Timed("demo step")
+  with OtherLoad() as load:
+    for b in batches[2:]:
+      timer.run(lambda b=b: variant.step(b))
+  return {"rate": demo.data_config.global_batch_size / statistics.mean(timer.times), "timer": timer,
+          "others": load.cores, "lengths": [int(b["input_ids"].shape[1]) for b in batches],
+          "compile_s": compile_s}
 
-    # Consumption: the demo step on the pipeline's own batches (warm every bucket first).
-    it, _ = open_pipeline(source, tokenizer, data_config, 0)
-    batches = [variant.device_batch(next(it)) for _ in range(args.steps + 2)]
-    it.close()
-    lengths = [int(b["input_ids"].shape[1]) for b in batches]
-    compile_s = 0.0
-    for b in batches:
+
+def end_to_end(demo: Demo, workers: int, steps: int) -> dict:
+  """The step pulling from the pipeline, as train.run does.
+
+  The wait for each batch and the step are timed apart, so data stalls and the
+  workers' competition for the cores show separately.
+  """
+  variant = demo.variant
+  it, _ = open_pipeline(demo.source, demo.tokenizer, demo.data_config, workers)
+  variant.step(variant.device_batch(next(it)))  # pays worker start-up (and any compile)
+  waits, step_s = [], []
+  with OtherLoad() as load:
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      b = variant.device_batch(next(it))
+      t1 = time.perf_counter()
       if shape_key(b) not in variant.compiled:
-        compile_s += variant.compile(b)[1]
-        variant.step(b)
-    timer = bts.Timed("demo step")
-    with OtherLoad() as load:
-      for b in batches[2:]:
-        timer.run(lambda b=b: variant.step(b))
-    batch_size = data_config.global_batch_size
-    consume = batch_size / statistics.mean(timer.times)
-    step_others = load.cores
+        variant.compile(b)
+      t2 = time.perf_counter()
+      variant.step(b)
+      waits.append(t1 - t0)
+      step_s.append(time.perf_counter() - t2)
+  it.close()
+  return {"rate": demo.data_config.global_batch_size * len(step_s) / (sum(waits) + sum(step_s)),
+          "wait": sum(waits) / (sum(waits) + sum(step_s)), "step": statistics.mean(step_s),
+          "others": load.cores, "steps": step_s, "waits": waits}
 
-    # End to end: the step pulling from the pipeline, as train.run does; the wait for
-    # each batch and the step are timed apart, so data stalls and core contention show.
-    e2e = {}
-    for w in workers if args.e2e_steps else ():
-      it, _ = open_pipeline(source, tokenizer, data_config, w)
-      variant.step(variant.device_batch(next(it)))  # pays worker start-up (and any compile)
-      waits, steps = [], []
-      with OtherLoad() as load:
-        for _ in range(args.e2e_steps):
-          t0 = time.perf_counter()
-          b = variant.device_batch(next(it))
-          t1 = time.perf_counter()
-          if shape_key(b) not in variant.compiled:
-            variant.compile(b)
-          t2 = time.perf_counter()
-          variant.step(b)
-          waits.append(t1 - t0)
-          steps.append(time.perf_counter() - t2)
-      it.close()
-      e2e[w] = {"rate": batch_size * len(steps) / (sum(waits) + sum(steps)),
-                "wait": sum(waits) / (sum(waits) + sum(steps)), "step": statistics.mean(steps),
-                "others": load.cores, "steps": steps, "waits": waits}
 
-    stages = (stage_breakdown(source, tokenizer, data_config, args.breakdown_samples)
-              if args.breakdown_samples else None)
-
-  line = "=" * 112
-  print("\n" + line)
+def print_rates(rows: list, e2e: dict, step: dict, batch_size: int) -> None:
+  """The table: each worker count's pipeline and end-to-end rates, then the step's own."""
+  consume, mean_s = step["rate"], statistics.mean(step["timer"].times)
   print(f"demo data pipeline vs demo train step (batch {batch_size}, region uniform 25% full update, "
         "fp32); samples/s; step s = mean step time")
   print(f"{'measure':24s} {'samples/s':>9s} {'first batch s':>13s} {'pipeline/step':>13s} "
@@ -205,25 +223,48 @@ def main(argv=None) -> int:
             f"{e['others']:6.2f}" if e else f"{'-':>10s}")
     print(f"{'pipeline, ' + str(r['workers']) + ' workers':24s} {r['rate']:9.1f} {r['first_s']:13.2f} "
           f"{r['rate'] / consume:13.1f} {r['others']:6.2f} | {tail}")
-  print(f"{'train step consumes':24s} {consume:9.2f} {'-':>13s} {1.0:13.1f} {step_others:6.2f} | "
-        f"{'-':>10s} {'-':>8s} {'-':>9s} {statistics.mean(timer.times):6.2f}")
-  print("-" * len(line))
+  print(f"{'train step consumes':24s} {consume:9.2f} {'-':>13s} {1.0:13.1f} {step['others']:6.2f} | "
+        f"{'-':>10s} {'-':>8s} {'-':>9s} {mean_s:6.2f}")
+
+
+def print_details(demo: Demo, e2e: dict, step: dict, stages, samples: int) -> None:
+  """Below the table: every step time and batch wait, and where the pipeline's time goes."""
+  timer, batch_size = step["timer"], demo.data_config.global_batch_size
   print(f"train step alone: mean {statistics.mean(timer.times):.2f} s, best {timer.best:.2f} s "
         f"(= {batch_size / timer.best:.2f} samples/s), {len(timer.times)} steps on sequence lengths "
-        f"{lengths[2:]} (buckets {data_config.buckets}); compile {compile_s:.1f} s for "
-        f"{len(variant.compiled)} shapes; step times {[round(t, 2) for t in timer.times]}")
+        f"{step['lengths'][2:]} (buckets {demo.data_config.buckets}); compile {step['compile_s']:.1f} s for "
+        f"{len(demo.variant.compiled)} shapes; step times {[round(t, 2) for t in timer.times]}")
   for w, e in e2e.items():
     print(f"end to end, {w} workers: step s {[round(t, 2) for t in e['steps']]}, batch wait ms "
           f"{[round(1000 * t) for t in e['waits']]}")
   if stages:
     total = sum(stages[k] for k in ("read", "tokenize", "images", "collate"))
-    print(f"pipeline stages, serial, ms/sample over {args.breakdown_samples} samples: " +
+    print(f"pipeline stages, serial, ms/sample over {samples} samples: " +
           ", ".join(f"{k} {1000 * stages[k]:.2f}" for k in ("read", "tokenize", "images", "collate"))
           + f"; total {1000 * total:.2f} (= {1 / total:.0f} samples/s on one core); token lengths "
           f"min/median/max {stages['lengths']}")
   print("pipeline/step >= 1: the input side keeps up; e2e/step < 1 by the data wait and by the "
         "workers' competition for the cores (step s above the step alone); others = cores used by "
         "other processes (not this one or its workers) meanwhile.")
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  workers = [int(w) for w in args.workers.split(",") if w != ""]
+  header()
+  with tempfile.TemporaryDirectory(prefix="bench_data_") as workdir:
+    config, tower_dir = write_demo_data(workdir, args.num_train)
+    demo = build_demo(config, workdir, tower_dir)
+    rows = [pipeline_rate(demo.source, demo.tokenizer, demo.data_config, w, args.batches) for w in workers]
+    step = consumption(demo, args.steps)
+    e2e = {w: end_to_end(demo, w, args.e2e_steps) for w in (workers if args.e2e_steps else ())}
+    stages = (stage_breakdown(demo.source, demo.tokenizer, demo.data_config, args.breakdown_samples)
+              if args.breakdown_samples else None)
+  line = "=" * 112
+  print("\n" + line)
+  print_rates(rows, e2e, step, demo.data_config.global_batch_size)
+  print("-" * len(line))
+  print_details(demo, e2e, step, stages, args.breakdown_samples)
   print(line)
   return 0
 

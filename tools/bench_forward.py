@@ -4,7 +4,7 @@ Measures, in one run:
   1. prefill throughput (logits for every token, tokens/s), JAX jit vs PyTorch eager;
   2. greedy decode throughput (new tokens/s), `visregion_jax.generate` vs `hf.generate`;
   3. conversion memory: the peak RSS above the post-import baseline of `from_hf` and of
-     the `from-hf` CLI path (`from_hf` + `jax_checkpoint.save_model`), each in a fresh
+     the `from-hf` CLI path (`from_hf` + `jax_checkpoint.write_model`), each in a fresh
      subprocess, divided by the fp32 safetensors checkpoint size (goal: <= 1.5x).
 
 Absolute numbers depend on the machine, so the script reports ratios measured in the
@@ -85,6 +85,7 @@ def _rss_child(mode: str, src: str, dst: str) -> None:
   parent's RSS. VmHWM belongs to the new address space only.
   """
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   from visregion_jax import convert  # pylint: disable=import-outside-toplevel
   from visregion_jax.convert import jax_checkpoint  # pylint: disable=import-outside-toplevel
   jnp.zeros(1).block_until_ready()  # the CPU client's own memory is not conversion memory
@@ -94,7 +95,7 @@ def _rss_child(mode: str, src: str, dst: str) -> None:
     model = convert.from_hf(src)
     loaded = _status_kib()
     if mode == "cli":
-      jax_checkpoint.save_model(model, dst)
+      jax_checkpoint.write_model(model, dst)
   print(json.dumps({"base": base, "loaded": loaded, "end": _status_kib(),
                     "seconds": time.perf_counter() - t0, "sampled_peak": sampler.peak}))
 
@@ -161,6 +162,7 @@ def bench_decode(model, hf, args, rng, rows: list) -> None:
   """Greedy KV-cached generation of exactly `new_tokens` per sample (no EOS stop)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
+
   from visregion_jax import generate  # pylint: disable=import-outside-toplevel
   k = args.new_tokens
   prompts = rng.randint(0, model.config.vocab_size, size=(args.decode_batch, args.prompt_len))
@@ -231,6 +233,7 @@ def main(argv=None) -> int:
   import numpy as np  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
+
   from visregion_jax import convert  # pylint: disable=import-outside-toplevel
   from visregion_jax.convert import gguf_file  # pylint: disable=import-outside-toplevel
 

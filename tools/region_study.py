@@ -34,10 +34,19 @@ import os
 import statistics
 import sys
 
-from visregion_jax import cli, model_builder, plots, prune, prune_cli, region, train
-from visregion_jax.config_loading import load_config
-from visregion_jax.convert import from_hf, load_tokenizer
+from visregion_jax import cli, plots, prune, region
+from visregion_jax.config.loading import load_config
+from visregion_jax.console import log_line
+from visregion_jax.convert import load_tokenizer
+from visregion_jax.data.from_config import data_config_for
 from visregion_jax.errors import VisRegionError
+from visregion_jax.evaluation import evaluate
+from visregion_jax.hooks import load_hook
+from visregion_jax.loading import load_model
+from visregion_jax.prune import job as prune_job
+from visregion_jax.prune.report import measure
+from visregion_jax.train import loop
+from visregion_jax.train.builder import build_model
 
 ARMS = {"full": "full", "uniform": "uniform", "bottom": "first", "top": "last", "projector": "none"}
 PRUNED_ARMS = ("uniform", "full")
@@ -96,7 +105,8 @@ def arm_config(config, workdir: str, arm: str):
   c.train.export_hf = True     # pruning reads the export, as `visregion_jax.prune` does
   c.eval.at_start = False      # the base is measured once (base.json)
   c.eval.at_end = True
-  c.eval.transformers_check = False
+  if "demo" in c:
+    c.demo.transformers_check = False
   return c
 
 
@@ -107,10 +117,10 @@ def measure_base(config, workdir: str) -> dict:
     return saved
   c = arm_config(config, workdir, "projector")  # nothing trains: the initial model
   c.workdir = os.path.join(workdir, "base")
-  model, _ = model_builder.build_model(c, c.workdir)
+  model, _ = build_model(c, c.workdir)
   tokenizer = load_tokenizer(model.config.source)
-  data_config = train.data_config_for(c, model, tokenizer, c.model.get("vision_tower"))
-  result = train.evaluate_model(c, model, tokenizer, data_config)
+  data_config = data_config_for(c, model, tokenizer, c.model.get("vision_tower"))
+  result = evaluate(c, model, tokenizer, data_config)
   result.pop("eval_examples", None)
   result["num_layers"] = len(model.layers)
   write_json(path, result)
@@ -122,10 +132,10 @@ def train_arm(config, workdir: str, arm: str) -> dict:
   path = os.path.join(c.workdir, "study_result.json")
   saved = read_json(path)
   if saved is not None:
-    train.log_line(f"study: arm {arm} finished earlier ({path})")
+    log_line(f"study: arm {arm} finished earlier ({path})")
     return saved
-  train.log_line(f"study: training arm {arm} (region.strategy={ARMS[arm]})")
-  results = train.run(c)
+  log_line(f"study: training arm {arm} (region.strategy={ARMS[arm]})")
+  results = loop.run(c)
   times = results["step_times_s"]
   after = results["after"]
   result = {"arm": arm, "strategy": ARMS[arm],
@@ -149,15 +159,15 @@ def prune_arm(config, workdir: str, arm: str, max_k: int) -> dict:
   saved = read_json(path) or {"k": {}}
   c = arm_config(config, workdir, arm)
   hf_dir = os.path.join(c.workdir, "hf")
-  model = from_hf(hf_dir, dtype=c.model.get("dtype") or None)
+  model = load_model(hf_dir, dtype=c.model.get("dtype") or None)
   tokenizer = load_tokenizer(model.config.source)
-  data_config = train.data_config_for(c, model, tokenizer, hf_dir)
-  source = prune_cli.calibration_source(c)
-  batches = lambda: prune_cli.calibration_batches(source, tokenizer, data_config, c.prune.calibration_samples,
+  data_config = data_config_for(c, model, tokenizer, hf_dir)
+  source = prune_job.calibration_source(c)
+  batches = lambda: prune_job.calibration_batches(source, tokenizer, data_config, c.prune.calibration_samples,
                                                   c.prune.batch_size, c.seed)
   keep = protected_layers(config, len(model.layers))
   if "scores" not in saved:
-    train.log_line(f"study: scoring the layers of the {arm}-trained model")
+    log_line(f"study: scoring the layers of the {arm}-trained model")
     saved["scores"] = [float(s) for s in prune.layer_scores(model, batches(), metric=c.prune.metric,
                                                             tokens=c.prune.tokens)]
     saved.update(metric=c.prune.metric, protected=list(keep))
@@ -168,8 +178,8 @@ def prune_arm(config, workdir: str, arm: str, max_k: int) -> dict:
       continue
     removed = prune.layers_to_remove(saved["scores"], k, keep) if k else ()
     pruned = prune.drop_layers(model, removed) if k else model
-    train.log_line(f"study: {arm}-trained model, k={k}, removing {list(removed)}")
-    metrics = prune_cli.measure(c, pruned, tokenizer, data_config, latency_batch)
+    log_line(f"study: {arm}-trained model, k={k}, removing {list(removed)}")
+    metrics = measure(c, pruned, tokenizer, data_config, latency_batch)
     saved["k"][str(k)] = {"removed": list(removed), **metrics}
     write_json(path, saved)
   return saved
@@ -269,7 +279,9 @@ def run(argv: list) -> dict:
   workdir = os.path.abspath(args.workdir)
   config = study_config(config_argv, workdir)
   prune_arms = [a for a in PRUNED_ARMS if a in args.arms] if args.prune_k else []
-  train.prepare_inputs(config)
+  hook = load_hook(config.get("hook", ""))
+  if hook:  # the demo config writes its data and pretrains its tower first
+    hook.prepare(config, log_line)
   base = measure_base(config, workdir)
   num_layers = base["num_layers"]
   candidates = num_layers - len(protected_layers(config, num_layers))
@@ -280,7 +292,7 @@ def run(argv: list) -> dict:
   pruned = {arm: prune_arm(config, workdir, arm, args.prune_k) for arm in prune_arms}
   command = " ".join(["tools/region_study.py"] + list(argv))
   results = write_report(os.path.abspath(args.out), command, config, base, arms, pruned)
-  train.log_line(f"study: wrote {os.path.join(os.path.abspath(args.out), 'study.md')}")
+  log_line(f"study: wrote {os.path.join(os.path.abspath(args.out), 'study.md')}")
   return results
 
 

@@ -1,12 +1,15 @@
-"""What every command line shares: `error: ...` lines and exit status 2 on bad input."""
+"""What every command line shares: `error: ...` lines and exit status 2 on bad input,
+and `--help` of the config-driven commands."""
 
 import argparse
 import sys
 from typing import Callable
 
+from visregion_jax.config import base_config, describe_keys, load_config
 from visregion_jax.errors import VisRegionError
 
 USAGE_ERROR = 2
+HELP_FLAGS = ("-h", "--help")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -25,3 +28,23 @@ def run_main(body: Callable[[], object]) -> int:
     print(f"error: {e}", file=sys.stderr)
     return USAGE_ERROR
   return 0
+
+
+def config_help(prog: str, doc: str, argv: list) -> str:
+  """Usage, the command's docstring and every config key with its value and meaning:
+  the values of `--config FILE` (and overrides) when given, else the defaults."""
+  rest = [a for a in argv if a not in HELP_FLAGS]
+  given = any(a == "--config" or a.startswith("--config=") for a in rest)
+  config = load_config(rest, prog) if given else base_config()
+  return (f"usage: {prog} --config FILE.py [--config.KEY=VALUE ...]\n\n{doc.strip()}\n\n"
+          f"config keys (--config.KEY=VALUE overrides one; values of "
+          f"{'this config' if given else 'base_config(), the defaults'}):\n{describe_keys(config)}")
+
+
+def config_command(prog: str, doc: str, body: Callable[[object], object], argv=None) -> int:
+  """A command driven by `--config FILE.py [--config.KEY=VALUE ...]`: `--help` prints
+  config_help and exits 0; otherwise `body(config)` runs under run_main."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if any(a in HELP_FLAGS for a in argv):
+    return run_main(lambda: print(config_help(prog, doc, argv)))
+  return run_main(lambda: body(load_config(argv, prog)))

@@ -1,4 +1,4 @@
-"""The optimizer: AdamW per trainable group over the labeler's labels.
+"""The optimizer: AdamW per trainable group over the training plan's labels.
 
 Only trainable parameters enter the optimizer at all (frozen ones are never
 differentiated, see train_step), so moments exist for the region / LoRA / projector
@@ -10,7 +10,7 @@ import math
 import jax
 import optax
 
-from visregion_jax import region
+from visregion_jax import plan
 from visregion_jax.errors import VisRegionError
 
 
@@ -21,8 +21,8 @@ def schedule(peak_lr: float, steps: int, warmup_ratio: float) -> optax.Schedule:
 
 
 def group_learning_rates(train_config) -> dict:
-  return {region.REGION: train_config.lr, region.LORA: train_config.lr,
-          region.PROJECTOR: train_config.projector_lr, region.VISION: train_config.vision_lr}
+  return {plan.REGION: train_config.lr, plan.LORA: train_config.lr,
+          plan.PROJECTOR: train_config.projector_lr, plan.VISION: train_config.vision_lr}
 
 
 def make_optimizer(train_config, labels) -> tuple:
@@ -30,7 +30,7 @@ def make_optimizer(train_config, labels) -> tuple:
   present = sorted(set(jax.tree.leaves(labels)))
   if not present:
     raise VisRegionError("region.strategy", "nothing is trainable (expected region layers or a projector)")
-  if region.FROZEN in present:
+  if plan.FROZEN in present:
     raise ValueError("frozen parameters must not reach the optimizer")
   lrs = group_learning_rates(train_config)
   schedules = {label: schedule(lrs[label], train_config.steps, train_config.warmup_ratio)

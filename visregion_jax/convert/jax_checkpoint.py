@@ -14,8 +14,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from visregion_jax.convert import tokenizer
-from visregion_jax.convert.hf import merge_params, model_params
 from visregion_jax.convert.mapping import format_path, parse_path
+from visregion_jax.convert.params import merge_params, model_params
 from visregion_jax.convert.tensor_files import read_json_object
 from visregion_jax.errors import VisRegionError
 from visregion_jax.models.config import DecoderConfig
@@ -76,7 +76,7 @@ def _with_source(config, source: str):
   return config.replace(source=source)
 
 
-def save_model(model, directory: str) -> str:
+def write_model(model, directory: str) -> str:
   """Writes the model; refuses a non-empty directory rather than mixing two models."""
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and os.listdir(directory):
@@ -101,7 +101,7 @@ def save_model(model, directory: str) -> str:
   return directory
 
 
-def load_model(directory: str):
+def read_model(directory: str):
   directory = os.path.abspath(directory)
   config_path = os.path.join(directory, MODEL_CONFIG)
   config = config_from_json(read_json_object(config_path), config_path)

@@ -14,10 +14,17 @@ import os
 from typing import Optional
 
 from visregion_jax.convert import hf_config, tensor_files, tokenizer
-from visregion_jax.convert.hf import (check_all_exported, check_no_extra, fill_params,
-                                      hf_tensors, merge_params, model_params, prefixed,
-                                      write_generation_config)
 from visregion_jax.convert.mapping import IDENTITY, TRANSPOSE, Rule, Table
+from visregion_jax.convert.params import (
+  check_all_exported,
+  check_no_extra,
+  fill_params,
+  hf_tensors,
+  merge_params,
+  model_params,
+  prefixed,
+  write_generation_config,
+)
 from visregion_jax.convert.tables import DECODER_TABLES
 from visregion_jax.convert.vision_config import vision_config_from_hf, vision_config_to_hf
 from visregion_jax.convert.vision_tables import VISION_TABLES

@@ -15,14 +15,26 @@ import os
 from typing import Optional
 
 from visregion_jax.convert import hf_config, tensor_files, tokenizer
-from visregion_jax.convert.hf import (check_no_extra, default_compute_dtype, fill_params,
-                                      merge_params, prefixed, same_name)
-from visregion_jax.convert.image_token import (AddedRowSource, existing_image_token,
-                                               tokenizer_with_image_token)
+from visregion_jax.convert.image_token import AddedRowSource, existing_image_token, tokenizer_with_image_token
 from visregion_jax.convert.llava_original_config import (
-    ORIGINAL_MODEL_TYPES, check_mm_hidden_size, feature_selection, original_model_type,
-    projector_type, text_config_dict, vision_config, vision_directory)
+  ORIGINAL_MODEL_TYPES,
+  check_mm_hidden_size,
+  feature_selection,
+  original_model_type,
+  projector_type,
+  text_config_dict,
+  vision_config,
+  vision_directory,
+)
 from visregion_jax.convert.mapping import IDENTITY, TRANSPOSE, Rule, Table
+from visregion_jax.convert.params import (
+  check_no_extra,
+  default_compute_dtype,
+  fill_params,
+  merge_params,
+  prefixed,
+  same_name,
+)
 from visregion_jax.convert.peft_adapter import LoraMergedSource
 from visregion_jax.convert.tables import DECODER_TABLES
 from visregion_jax.convert.vision_tables import VISION_TABLES

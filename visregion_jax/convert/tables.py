@@ -1,7 +1,6 @@
 """The name tables: one per architecture, shared by import and export."""
 
-from visregion_jax.convert.mapping import (IDENTITY, SPLIT_GATE_UP, SPLIT_QKV, TRANSPOSE, Rule,
-                                           Table)
+from visregion_jax.convert.mapping import IDENTITY, SPLIT_GATE_UP, SPLIT_QKV, TRANSPOSE, Rule, Table
 
 _attention_bias = lambda c: c.attention_bias
 _mlp_bias = lambda c: c.mlp_bias

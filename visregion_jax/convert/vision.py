@@ -10,10 +10,17 @@ import os
 from typing import Optional
 
 from visregion_jax.convert import tensor_files
-from visregion_jax.convert.hf import (check_all_exported, check_no_extra, default_compute_dtype,
-                                      fill_params, hf_tensors, merge_params, model_params, prefixed)
-from visregion_jax.convert.vision_config import (HF_CLASSES, vision_config_from_hf,
-                                                 vision_config_to_hf)
+from visregion_jax.convert.params import (
+  check_all_exported,
+  check_no_extra,
+  default_compute_dtype,
+  fill_params,
+  hf_tensors,
+  merge_params,
+  model_params,
+  prefixed,
+)
+from visregion_jax.convert.vision_config import HF_CLASSES, vision_config_from_hf, vision_config_to_hf
 from visregion_jax.convert.vision_tables import VISION_TABLES
 from visregion_jax.models.vision import VisionTower, abstract_vision_tower
 

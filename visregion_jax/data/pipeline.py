@@ -14,15 +14,13 @@ import io
 from typing import Optional
 
 import grain
-from absl import flags
 import numpy as np
+from absl import flags
 from PIL import Image
 
 from visregion_jax.data import image_processing, skip
-from visregion_jax.data.tokenize import TokenizeConfig, tokenize_conversation
+from visregion_jax.data.tokenize import IGNORE_INDEX, TokenizeConfig, tokenize_conversation
 from visregion_jax.errors import VisRegionError
-
-IGNORE = -100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +112,7 @@ def collate(records: list, config: DataConfig) -> dict:
   length = padded_length(max(len(r["input_ids"]) for r in records), config)
   b = len(records)
   input_ids = np.full((b, length), config.pad_token_id, np.int32)
-  labels = np.full((b, length), IGNORE, np.int32)
+  labels = np.full((b, length), IGNORE_INDEX, np.int32)
   attention_mask = np.zeros((b, length), np.int32)
   for i, r in enumerate(records):
     n = len(r["input_ids"])

@@ -52,6 +52,12 @@ class Dense(nnx.Module):
     delta = self.lora_scale * (self.lora_a[...].astype(jnp.float32) @ self.lora_b[...].astype(jnp.float32))
     return (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)
 
+  def merge_lora(self) -> None:
+    """Folds the factors into the kernel and detaches them (a plain linear again)."""
+    self.kernel.set_value(self.merged_kernel())
+    self.lora_a, self.lora_b, self.lora_dropout = None, None, None
+    self.lora_scale = 0.0
+
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     x = x.astype(self.dtype)
     y = x @ self.kernel[...].astype(self.dtype)

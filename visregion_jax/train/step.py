@@ -13,25 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-IGNORE = -100
-
-
-def model_inputs(model, batch: dict) -> dict:
-  """What `model.forward` takes from a batch (an LVLM also gets the images)."""
-  inputs = {"attention_mask": batch["attention_mask"]}
-  if hasattr(model, "vision_tower"):
-    inputs.update(pixel_values=batch["pixel_values"], image_mask=batch["image_mask"])
-  return inputs
-
-
-def token_losses(model, batch: dict):
-  """(sum of next-token cross-entropy over supervised tokens, their count)."""
-  out = model.forward(batch["input_ids"], **model_inputs(model, batch))
-  logits = out.logits[:, :-1].astype(jnp.float32)
-  targets = batch["labels"][:, 1:]
-  supervised = targets != IGNORE
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(supervised, targets, 0))
-  return jnp.sum(jnp.where(supervised, losses, 0.0)), jnp.sum(supervised)
+from visregion_jax.loss import token_losses
 
 
 def reseeded(rest, key):

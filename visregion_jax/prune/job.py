@@ -1,4 +1,4 @@
-"""`python -m visregion_jax.prune --config configs/NAME.py [--config.KEY=VALUE ...]`.
+"""The pruning job of `python -m visregion_jax.prune --config configs/NAME.py`.
 
 Prunes the model of a region training run (`WORKDIR/hf`, or `prune.model`): scores
 its decoder layers on calibration samples, removes the `prune.k` least important
@@ -28,26 +28,18 @@ import json
 import math
 import os
 import shutil
-import statistics
-import sys
-import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from visregion_jax import cli, evaluate, plots, prune, region, train
-from visregion_jax.config_loading import load_config
-from visregion_jax.convert import from_hf, load_tokenizer, to_hf
-from visregion_jax.convert.hf import model_params
+from visregion_jax import plots, prune, region
+from visregion_jax.console import log_line
+from visregion_jax.convert import load_tokenizer, to_hf
 from visregion_jax.convert.tensor_files import read_json_object
 from visregion_jax.data import pipeline, sources
+from visregion_jax.data.from_config import data_config_for, open_source
 from visregion_jax.errors import VisRegionError
-from visregion_jax.models.lvlm import LVLM
-
-LATENCY_RUNS = 5
-METRICS = ("eval_accuracy", "text_perplexity", "forward_latency_s", "num_params")
+from visregion_jax.loading import load_model
+from visregion_jax.prune.report import METRICS, measure, write_report
 
 
 def model_dir_of(config, workdir: str) -> str:
@@ -121,7 +113,7 @@ def calibration_source(config):
     if p[key] < 1:
       raise VisRegionError(f"prune.{key}", f"expected at least 1, got {p[key]}")
   source = sources.JsonSource(p.calibration_json, config.data.image_root) if p.calibration_json \
-      else train.open_source(config.data, "train")
+      else open_source(config.data, "train")
   if source is None or len(source) == 0:
     raise VisRegionError(p.calibration_json or "data.train_json", "expected at least one calibration sample")
   return source
@@ -146,79 +138,12 @@ def calibration_batches(source, tokenizer, data_config, num_samples: int, batch_
     yield pipeline.collate(records, data_config)
 
 
-def forward_latency_s(model, batch: dict, runs: int = LATENCY_RUNS) -> float:
-  """Median seconds of the jitted forward (logits of every token) on `batch`, timed
-  after a warm-up call that compiles it."""
-  model.eval()
-  graphdef, state = nnx.split(model)
-  keys = ("attention_mask", "pixel_values", "image_mask") if isinstance(model, LVLM) else ("attention_mask",)
-  inputs = {k: jnp.asarray(batch[k]) for k in keys}
-
-  @jax.jit
-  def forward(state, input_ids, inputs):
-    return nnx.merge(graphdef, state).forward(input_ids, **inputs).logits
-
-  ids = jnp.asarray(batch["input_ids"])
-  jax.block_until_ready(forward(state, ids, inputs))
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    jax.block_until_ready(forward(state, ids, inputs))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def measure(config, model, tokenizer, data_config, batch) -> dict:
-  """The report's numbers for one model; None where data.eval_json / text_eval_json is unset."""
-  d, out = config.data, {}
-  eval_source = train.open_source(d, "eval")
-  if eval_source is not None:
-    acc = evaluate.answer_accuracy(model, tokenizer, eval_source, data_config, limit=config.eval.num_samples,
-                                   max_new_tokens=config.eval.max_new_tokens)
-    out.update(eval_accuracy=acc["accuracy"], eval_accuracy_per_task=acc["per_task"])
-  if d.get("text_eval_json"):
-    text = sources.JsonSource(d.text_eval_json, d.image_root)
-    out["text_perplexity"] = evaluate.mean_loss(model, tokenizer, text, data_config,
-                                                limit=config.eval.num_samples)["perplexity"]
-  out["forward_latency_s"] = forward_latency_s(model, batch)
-  out["num_params"] = int(sum(v.size for v in model_params(model).values()))
-  return {key: out.get(key) for key in METRICS + ("eval_accuracy_per_task",)}
-
-
-def _cell(key: str, value) -> str:
-  if value is None:
-    return "n/a"
-  if key == "num_params":
-    return f"{value:,}"
-  if key == "forward_latency_s":
-    return f"{value * 1e3:.2f} ms"
-  return f"{value:.4f}"
-
-
-def write_report(out_dir: str, report: dict) -> None:
-  with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
-  names = {"eval_accuracy": "held-out answer accuracy (data.eval_json)",
-           "text_perplexity": "text perplexity (data.text_eval_json)",
-           "forward_latency_s": f"forward latency (median of {LATENCY_RUNS}, batch {report['latency_batch']})",
-           "num_params": "parameters"}
-  lines = ["# Pruning report", "",
-           f"Model `{report['model']}`: {report['num_layers']['before']} -> {report['num_layers']['after']} "
-           f"decoder layers. Removed {report['removed']} by {report['metric']} "
-           f"({report['tokens']} tokens, block of {report['block_size']}); visual region "
-           f"{report['region']['before']} (after pruning: {report['region']['after']}).", "",
-           "| metric | before | after |", "|---|---|---|"]
-  lines += [f"| {names[k]} | {_cell(k, report['before'][k])} | {_cell(k, report['after'][k])} |" for k in METRICS]
-  with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-
-
 def run(config) -> dict:
   """Prunes as configured; returns the report (also written to WORKDIR/prune)."""
   p = config.prune
   workdir = os.path.abspath(config.workdir)
   model_dir = model_dir_of(config, workdir)
-  model = from_hf(model_dir, dtype=config.model.get("dtype") or None)
+  model = load_model(model_dir, dtype=config.model.get("dtype") or None)
   num_layers = len(model.layers)
   region_layers = region_of(config, workdir, num_layers)
   block = block_size_of(p, num_layers)
@@ -226,7 +151,7 @@ def run(config) -> dict:
   scores_json = p.get("scores_json", "")
   saved_scores = read_scores(scores_json, model, block, p.metric) if scores_json else None
   tokenizer = load_tokenizer(model.config.source)
-  data_config = train.data_config_for(config, model, tokenizer, model_dir if os.path.isdir(model_dir) else "")
+  data_config = data_config_for(config, model, tokenizer, model_dir if os.path.isdir(model_dir) else "")
   source = calibration_source(config)
 
   def batches():
@@ -247,7 +172,7 @@ def run(config) -> dict:
   plots.layer_scores_chart(os.path.join(out_dir, "scores.png"), saved_scores, region=region_layers,
                            removed=removed, title=f"{p.metric} per layer (block {block}), removed {list(removed)}",
                            y_label=p.metric)
-  train.log_line(f"scores {[round(s, 4) for s in saved_scores if s is not None]}; region {list(region_layers)}; "
+  log_line(f"scores {[round(s, 4) for s in saved_scores if s is not None]}; region {list(region_layers)}; "
                  f"removing {list(removed)}")
   pruned = prune.drop_layers(model, removed)
   hf_dir = os.path.join(out_dir, "hf")
@@ -260,10 +185,5 @@ def run(config) -> dict:
             "before": measure(config, model, tokenizer, data_config, latency_batch),
             "after": measure(config, pruned, tokenizer, data_config, latency_batch)}
   write_report(out_dir, report)
-  train.log_line(f"wrote {out_dir}: " + json.dumps({k: [report["before"][k], report["after"][k]] for k in METRICS}))
+  log_line(f"wrote {out_dir}: " + json.dumps({k: [report["before"][k], report["after"][k]] for k in METRICS}))
   return report
-
-
-def main(argv=None) -> int:
-  return cli.run_main(lambda: run(load_config(sys.argv[1:] if argv is None else argv,
-                                              "python -m visregion_jax.prune")))

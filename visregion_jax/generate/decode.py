@@ -6,9 +6,7 @@ stops as soon as every sample has produced an end-of-sequence token. Prompts are
 left padded so all samples write the same cache slot at every step.
 """
 
-import argparse
 import functools
-import sys
 from typing import Optional, Sequence
 
 import jax
@@ -101,30 +99,3 @@ def chat(model, tokenizer, prompts: Sequence[str], **kwargs) -> list:
   enc = tokenizer(texts, return_tensors="np", padding=True, add_special_tokens=False)
   tokens = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs)
   return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
-
-
-def main(argv=None) -> int:
-  from visregion_jax import cli, convert  # pylint: disable=import-outside-toplevel
-  parser = cli.ArgumentParser(prog="python -m visregion_jax.generate",
-                              description="Answer prompts with a model through its chat template.")
-  parser.add_argument("--model", default="smollm2-135m-instruct",
-                      help="HF directory, .gguf file or smollm2-135m-instruct")
-  parser.add_argument("--max-new-tokens", type=int, default=48)
-  parser.add_argument("--temperature", type=float, default=0.0)
-  parser.add_argument("--top-p", type=float, default=1.0)
-  parser.add_argument("prompts", nargs="+")
-  args = parser.parse_args(argv)
-
-  def run():
-    model = convert.from_hf(args.model)
-    tok = convert.load_tokenizer(model.config.source)
-    replies = chat(model, tok, args.prompts, max_new_tokens=args.max_new_tokens,
-                   temperature=args.temperature, top_p=args.top_p)
-    for prompt, reply in zip(args.prompts, replies):
-      print(f"> {prompt}\n{reply}\n")
-
-  return cli.run_main(run)
-
-
-if __name__ == "__main__":
-  sys.exit(main())

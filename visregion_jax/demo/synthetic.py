@@ -36,8 +36,9 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw
 
-from visregion_jax.directory_install import install_directory
+from visregion_jax.demo.install import install_directory
 from visregion_jax.errors import VisRegionError
+from visregion_jax.evaluation import sample_task
 
 FORMAT_VERSION = 1
 TASKS = ("digits", "count", "colour", "position")
@@ -72,13 +73,6 @@ _TEXT_MODULES = (
     "pprint", "quopri", "random", "re", "shlex", "statistics", "string", "struct", "textwrap",
     "tokenize", "types", "typing", "unicodedata", "urllib.parse", "uuid", "zlib")
 _STREAMS = {"train": 0, "eval": 1, "text": 2}
-_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten".split())}
-_COPULAS = {"is", "are", "its", "thats", "theres"}
-_LEADING_FILLER = {"the", "a", "an", "on", "at", "in", "to", "answer", "digit", "number"}
-_TRAILING_FILLER = {"side", "shape", "shapes", "half", "digit", "colour", "color"}
-
-
 def _check_int(name: str, value, minimum: int):
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
     raise VisRegionError(name, f"expected an integer >= {minimum}, got {value!r}")
@@ -371,46 +365,6 @@ def write_synthetic_dataset(root: str, *, seed: int = 0, num_train: int = 2000,
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return _result(root, manifest)
-
-
-def sample_task(sample: dict) -> str:
-  """The task named in a synthetic sample's id (`<split>-<task>-<n>`); "" for other ids."""
-  parts = str(sample.get("id", "")).split("-")
-  return parts[1] if len(parts) >= 3 else ""
-
-
-def _words(text: str) -> list:
-  text = text.lower().replace("'", "").replace("\u2019", "")
-  words = re.sub(r"[^\w\s]|_", " ", text).split()
-  return [_NUMBER_WORDS.get(w, w) for w in words]
-
-
-def answer_matches(prediction: str, reference: str) -> bool:
-  """Whether a generated answer states the reference answer and nothing else.
-
-  Both texts are compared as words: lowercase, punctuation dropped, number words as
-  digits ("Three." equals "3"). Only the prediction's first non-empty line counts
-  (generation may run on), and it matches if its words are the reference's. Else its
-  first sentence may wrap the answer in filler: anything up to its first
-  "is"/"are"/"it's" ("The answer is red", "It's on the left"), leading articles and
-  prepositions ("the", "on", ...) and trailing nouns ("left side", "3 shapes"). Any
-  other word before or after the answer rejects it, so hedges ("red or blue"),
-  negations ("not red") and lists never count as correct.
-  """
-  target = _words(reference)
-  lines = [line for line in prediction.splitlines() if line.strip()]
-  line = lines[0] if lines else ""
-  if _words(line) == target:
-    return True
-  words = _words(re.split(r"[.!?;](?:\s|$)", line)[0])
-  copula = next((i for i, w in enumerate(words) if w in _COPULAS), None)
-  if copula is not None:
-    words = words[copula + 1:]
-  while words and words[0] in _LEADING_FILLER and words != target:
-    words = words[1:]
-  while words and words[-1] in _TRAILING_FILLER and words != target:
-    words = words[:-1]
-  return words == target
 
 
 def chance_accuracy(samples: list) -> float:

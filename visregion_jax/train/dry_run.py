@@ -3,9 +3,9 @@ weight is read, so a 7B/13B run that cannot fit fails in seconds, not after load
 
 The model is built abstractly (`nnx.eval_shape`: shapes only) from the config.json of
 a local `model.init_from` (an llava-hf directory, or a decoder joined with
-`model.vision_tower` as model_builder does), else from the `model.architecture`
+`model.vision_tower` as training does: model_spec.py), else from the `model.architecture`
 preset of one of the paper's models, and gets LoRA on the region layers as training
-does. Each parameter is then placed as training places it: `region.label_of` makes
+does. Each parameter is then placed as training places it: the training plan's label makes
 it trainable (float32 master copy) or frozen (compute dtype), and
 `sharding.partition_spec` splits each dimension over the mesh axis it maps to.
 
@@ -36,117 +36,23 @@ transient activations are not counted.
 """
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from visregion_jax import model_builder, region, sharding
-from visregion_jax.convert import hf_config, llava, tensor_files
-from visregion_jax.convert.hf import default_compute_dtype
-from visregion_jax.convert.vision_config import vision_config_from_hf
-from visregion_jax.errors import VisRegionError
+from visregion_jax import model_spec, sharding
+from visregion_jax.convert.params import default_compute_dtype
 from visregion_jax.models.llama import Decoder
 from visregion_jax.models.lvlm import LVLM, LVLMConfig
+from visregion_jax.plan import FROZEN, TrainingPlan, decoder_layer_of
+from visregion_jax.train.batching import check_batch
 
 GIB = 2 ** 30
 
-# --- the paper's models, as the HF config.json files describe them --------------------
-CLIP_VIT_L_14_336 = {  # openai/clip-vit-large-patch14-336, vision_config
-    "model_type": "clip_vision_model", "hidden_size": 1024, "intermediate_size": 4096,
-    "num_hidden_layers": 24, "num_attention_heads": 16, "image_size": 336, "patch_size": 14,
-    "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
-SIGLIP_SO400M_14_384 = {  # google/siglip-so400m-patch14-384, vision_config
-    "model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
-    "num_hidden_layers": 27, "num_attention_heads": 16, "image_size": 384, "patch_size": 14,
-    "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "vision_use_head": True}
 
-
-def _vicuna(hidden: int, intermediate: int, layers: int, heads: int) -> dict:
-  """llava-hf's text_config of Vicuna-v1.5: vocabulary padded to 32064 (image token 32000)."""
-  return {"model_type": "llama", "vocab_size": 32064, "hidden_size": hidden,
-          "intermediate_size": intermediate, "num_hidden_layers": layers,
-          "num_attention_heads": heads, "num_key_value_heads": heads,
-          "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-          "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 32001}
-
-
-def _llava_15(text: dict) -> dict:
-  """llava-hf/llava-1.5-*-hf config.json: the text config, CLIP-L/336, mlp2x_gelu."""
-  return {"model_type": "llava", "text_config": text, "vision_config": CLIP_VIT_L_14_336,
-          "image_token_index": 32000, "projector_hidden_act": "gelu",
-          "vision_feature_layer": -2, "vision_feature_select_strategy": "default"}
-
-
-LLAMA_3_8B = {  # meta-llama/Meta-Llama-3-8B-Instruct
-    "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
-    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-    "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128009}
-PHI_3_MINI_4K = {  # microsoft/Phi-3-mini-4k-instruct
-    "model_type": "phi3", "vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192,
-    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-    "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-    "sliding_window": 2047, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 32000,
-    "pad_token_id": 32000}
-
-# name -> an llava-hf config ("llava") or a decoder + vision tower that model_builder joins.
-ARCHITECTURES = {
-    "llava-1.5-7b": {"llava": _llava_15(_vicuna(4096, 11008, 32, 32))},
-    "llava-1.5-13b": {"llava": _llava_15(_vicuna(5120, 13824, 40, 40))},
-    "bunny-llama3-8b": {"decoder": LLAMA_3_8B, "vision": SIGLIP_SO400M_14_384},
-    "bunny-phi3-mini": {"decoder": PHI_3_MINI_4K, "vision": SIGLIP_SO400M_14_384},
-}
-
-
-# --- the model, shapes only ---------------------------------------------------------
-def _read_local(m) -> tuple:
-  """(description, {"llava": d} or {"decoder": d, "vision": d or None}) from local files, or None."""
-  path = str(m.get("init_from") or "")
-  config_path = os.path.join(path, "config.json")
-  if not path or not os.path.isfile(config_path):
-    return None
-  d = tensor_files.read_json_object(config_path)
-  if d.get("model_type") == "llava":
-    return path, {"llava": d, "where": config_path}
-  tower = str(m.get("vision_tower") or "")
-  tower_config = os.path.join(tower, "config.json")
-  vision = tensor_files.read_json_object(tower_config) if tower else None
-  return path, {"decoder": d, "vision": vision, "where": config_path, "vision_where": tower_config}
-
-
-def model_spec(config) -> tuple:
-  """(where the shapes come from, the config dicts): local config.json first, then the preset."""
-  m = config.model
-  local = _read_local(m)
-  if local is not None:
-    return local
-  name = m.get("architecture", "")
-  if name in ARCHITECTURES:
-    return f"preset {name}", ARCHITECTURES[name]
-  raise VisRegionError("model.architecture", f"expected one of {sorted(ARCHITECTURES)} when "
-                       f"model.init_from ({m.get('init_from')!r}) is not a local directory with "
-                       f"config.json, got {name!r}")
-
-
-def model_config(spec: dict, m, dtype: str):
-  """The LVLMConfig (or DecoderConfig, for a decoder without a vision tower) training builds."""
-  where = spec.get("where", "model.architecture")
-  if "llava" in spec:
-    return llava.lvlm_config_from_hf(spec["llava"], where, dtype=dtype, param_dtype=None, source="")
-  text = hf_config.decoder_config_from_hf(spec["decoder"], where, dtype=dtype)
-  if spec.get("vision") is None:
-    return text
-  vision = vision_config_from_hf(spec["vision"], spec.get("vision_where", where), dtype=dtype)
-  text = text.replace(vocab_size=text.vocab_size + 1)  # model_builder's <image> row
-  return LVLMConfig(text=text, vision=vision, image_token_id=text.vocab_size - 1,
-                    projector_type=m.projector_type, feature_layers=tuple(m.feature_layers),
-                    feature_strategy=m.feature_strategy)
-
-
-def abstract_model(model_cfg, layers: tuple, r, seed: int):
+def abstract_model(model_cfg, plan: TrainingPlan, seed: int):
   """The model with LoRA attached to the region layers, every array a ShapeDtypeStruct.
 
   Traced with one layer per stack (decoder, vision tower), whose layer lists are then
@@ -169,39 +75,33 @@ def abstract_model(model_cfg, layers: tuple, r, seed: int):
   for module, cfg in stacks:
     module.config = cfg
     module.layers = nnx.List([nnx.clone(module.layers[0]) for _ in range(cfg.num_layers)])
-  if not r.lora_rank:
-    return model
-
-  def with_lora(m):
-    model_builder.add_lora(m, layers, r.lora_rank, r.lora_alpha, r.lora_dropout, seed)
+  def prepared(m):
+    plan.prepare(m, seed)
     return m
-  return nnx.eval_shape(with_lora, model)
+  return nnx.eval_shape(prepared, model)
 
 
 # --- accounting ---------------------------------------------------------------------
-def parameter_bytes(model, layers: tuple, r, mesh, compute_itemsize: int) -> tuple:
+def parameter_bytes(model, plan: TrainingPlan, mesh, compute_itemsize: int) -> tuple:
   """({label: parameter count}, {label: bytes on one device}, {layer: params of that layer})."""
   counts, local_bytes, per_layer = {}, {}, {}
   for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     shape = tuple(variable.get_value().shape)
-    label = region.label_of(tuple(path), layers, lora=r.lora_rank > 0, train_vision=r.train_vision)
+    label = plan.label(path, variable)
     spec = sharding.partition_spec(shape, variable.get_metadata().get("logical_axes"), mesh)
     local = NamedSharding(mesh, spec).shard_shape(shape)
-    itemsize = compute_itemsize if label == region.FROZEN else 4
+    itemsize = compute_itemsize if label == FROZEN else 4
     counts[label] = counts.get(label, 0) + math.prod(shape)
     local_bytes[label] = local_bytes.get(label, 0) + math.prod(local) * itemsize
-    layer = region.decoder_layer_of(tuple(path))
+    layer = decoder_layer_of(tuple(path))
     if layer is not None:
       per_layer[layer] = per_layer.get(layer, 0) + math.prod(shape)
   return counts, local_bytes, per_layer
 
 
-def activation_bytes(text, config, mesh, layers: tuple, per_layer: dict, b: int) -> dict:
+def activation_bytes(text, config, mesh, micro: int, plan: TrainingPlan, per_layer: dict, b: int) -> dict:
   """The activation terms of the module docstring, in bytes on one device."""
-  t = config.train
-  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  micro = math.ceil(t.batch_size / t.grad_accum / batch_shards)
-  seq, r = config.data.max_length, config.region.lora_rank
+  seq, r = config.data.max_length, plan.lora_rank
   e, i, v = text.hidden_size, text.intermediate_size, text.vocab_size
   h, kv, d = text.num_heads, text.num_kv_heads, text.head_dim
   base = micro * seq * b * (5 * e + h * d + (2 * h + 3 * kv) * d + 4 * i) + micro * h * seq * seq * (8 + b)
@@ -209,7 +109,7 @@ def activation_bytes(text, config, mesh, layers: tuple, per_layer: dict, b: int)
 
   def working(layer: int) -> int:
     gathered = per_layer.get(layer, 0) * b // mesh.shape["tensor"]
-    return base + (lora if layer in layers else 0) + gathered
+    return base + (lora if layer in plan.region_layers else 0) + gathered
 
   loss = micro * seq * v * (b + 8)
   mask = micro * seq * seq
@@ -227,30 +127,26 @@ def activation_bytes(text, config, mesh, layers: tuple, per_layer: dict, b: int)
 
 def estimate(config) -> dict:
   """The dry run's numbers for `config` on a mesh of this host's `jax.devices()`."""
-  m, r = config.model, config.region
+  m = config.model
   dtype = m.get("dtype") or default_compute_dtype()
-  source, spec = model_spec(config)
-  model_cfg = model_config(spec, m, dtype)
+  source, spec = model_spec.describe(config)
+  model_cfg = model_spec.model_config(spec, m, dtype)
   text = model_cfg.text if isinstance(model_cfg, LVLMConfig) else model_cfg
-  if r.lora_rank < 0:
-    raise VisRegionError("region.lora_rank", f"expected 0 (full update) or a positive rank, got {r.lora_rank}")
-  layers = region.select_layers(text.num_layers, r.fraction, r.strategy, list(r.get("layers") or ()))
+  plan = TrainingPlan.from_config(config, text.num_layers)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.train.batch_size % batch_shards:
-    raise VisRegionError("train.batch_size", f"expected a multiple of mesh data * fsdp = {batch_shards} "
-                         f"(the batch is split over those axes), got {config.train.batch_size}")
-  model = abstract_model(model_cfg, layers, r, config.seed)
+  micro = check_batch(config.train, mesh)
+  model = abstract_model(model_cfg, plan, config.seed)
   b = jnp.dtype(dtype).itemsize
-  counts, local_bytes, per_layer = parameter_bytes(model, layers, r, mesh, b)
-  trainable = sum(n for label, n in local_bytes.items() if label != region.FROZEN)
-  act = activation_bytes(text, config, mesh, layers, per_layer, b)
+  counts, local_bytes, per_layer = parameter_bytes(model, plan, mesh, b)
+  trainable = sum(n for label, n in local_bytes.items() if label != FROZEN)
+  act = activation_bytes(text, config, mesh, micro, plan, per_layer, b)
   per_device = {"params_" + label: n for label, n in sorted(local_bytes.items())}
   per_device.update(optimizer_state=2 * trainable, gradients=2 * trainable, activations=act["total"])
   per_device["total"] = sum(per_device.values())
   return {"source": source, "num_devices": int(mesh.devices.size), "mesh": dict(mesh.shape),
           "compute_dtype": str(jnp.dtype(dtype)), "num_layers": text.num_layers,
-          "region_layers": list(layers), "lora_rank": r.lora_rank, "remat": bool(m.get("remat")),
+          "region_layers": list(plan.region_layers), "lora_rank": plan.lora_rank,
+          "remat": bool(m.get("remat")),
           "param_counts": dict(sorted(counts.items())), "bytes_per_device": per_device,
           "activation_terms": act, "device_memory": device_memory()}
 
@@ -278,7 +174,7 @@ def format_report(e: dict) -> str:
       f"region layers ({len(e['region_layers'])} of {e['num_layers']}): {region_text} | {update}",
       f"{'per device':44s}{'params':>16s}{'bytes':>14s}"]
   for label, count in e["param_counts"].items():
-    kind = e["compute_dtype"] if label == region.FROZEN else "trainable, float32"
+    kind = e["compute_dtype"] if label == FROZEN else "trainable, float32"
     lines.append(f"  {label + ' parameters (' + kind + ')':42s}{count:16,d}{_gib(per['params_' + label])}")
   lines += [
       f"  {'optimizer state (AdamW mu + nu, float32)':58s}{_gib(per['optimizer_state'])}",

@@ -29,11 +29,11 @@ from flax import nnx
 from PIL import Image
 
 from visregion_jax.convert.vision import vision_tower_to_hf
-from visregion_jax.data.image_processing import (CLIP_MEAN, CLIP_STD, ImageProcessorConfig,
-                                                 preprocess)
-from visregion_jax.data.synthetic import TASKS, sample_task
-from visregion_jax.directory_install import install_directory
+from visregion_jax.data.image_processing import CLIP_MEAN, CLIP_STD, ImageProcessorConfig, preprocess
+from visregion_jax.demo.install import install_directory
+from visregion_jax.demo.synthetic import TASKS
 from visregion_jax.errors import VisRegionError
+from visregion_jax.evaluation import sample_task
 from visregion_jax.models.vision import VisionConfig, VisionTower
 
 FORMAT_VERSION = 1

@@ -1,0 +1,29 @@
+"""The training objective: next-token cross-entropy over supervised tokens.
+
+Returned as (sum, count) rather than a mean, so gradient accumulation and evaluation
+can weight every supervised token of a global batch equally, whatever the split.
+"""
+
+import jax.numpy as jnp
+import optax
+
+from visregion_jax.data.tokenize import IGNORE_INDEX
+from visregion_jax.models.lvlm import LVLM
+
+
+def model_inputs(model, batch: dict) -> dict:
+  """What `model.forward` takes from a batch (an LVLM also gets the images)."""
+  inputs = {"attention_mask": batch["attention_mask"]}
+  if isinstance(model, LVLM):
+    inputs.update(pixel_values=batch["pixel_values"], image_mask=batch["image_mask"])
+  return inputs
+
+
+def token_losses(model, batch: dict):
+  """(sum of next-token cross-entropy over supervised tokens, their count)."""
+  out = model.forward(batch["input_ids"], **model_inputs(model, batch))
+  logits = out.logits[:, :-1].astype(jnp.float32)
+  targets = batch["labels"][:, 1:]
+  supervised = targets != IGNORE_INDEX
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(supervised, targets, 0))
+  return jnp.sum(jnp.where(supervised, losses, 0.0)), jnp.sum(supervised)

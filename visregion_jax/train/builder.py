@@ -1,0 +1,95 @@
+"""The model a training config asks for: loaded, composed into an LVLM, prepared by its
+training plan.
+
+`model.init_from` is an llava-hf directory (an LVLM as is) or a decoder (HF directory,
+GGUF, alias); a decoder is joined with the vision tower of `model.vision_tower` (an
+HF CLIP/SigLIP directory) and a freshly initialized projector, as model_spec.py
+describes it, and gets an `<image>` token (one new embedding row, the mean of the
+others; the tokenizer is extended and written to the workdir so exports and resumes
+use the same ids).
+"""
+
+import hashlib
+import os
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from visregion_jax.convert import from_hf, tokenizer
+from visregion_jax.convert.image_token import tokenizer_with_image_token
+from visregion_jax.convert.params import default_compute_dtype, merge_params, model_params
+from visregion_jax.convert.vision import vision_tower_from_hf
+from visregion_jax.model_spec import joined_lvlm_config
+from visregion_jax.models.llama import Decoder
+from visregion_jax.models.lvlm import LVLM, abstract_lvlm
+from visregion_jax.models.projector import Projector
+from visregion_jax.plan import TrainingPlan
+
+
+def with_image_row(decoder: Decoder) -> dict:
+  """The decoder's params with one more vocabulary row: the mean row."""
+  params = model_params(decoder)
+  for path in (("embed_tokens", "embedding"), ("lm_head", "kernel")):
+    if path in params:
+      w = params[path]
+      axis = 0 if path[0] == "embed_tokens" else 1
+      mean = jnp.mean(w.astype(jnp.float32), axis=axis, keepdims=True).astype(w.dtype)
+      params[path] = jnp.concatenate([w, mean], axis=axis)
+  return params
+
+
+def compose_lvlm(decoder: Decoder, tower_dir: str, model_config, workdir: str, seed: int) -> LVLM:
+  tower = vision_tower_from_hf(tower_dir, dtype=decoder.config.dtype)
+  config = joined_lvlm_config(decoder.config, tower.config, model_config)
+  tokenizer_dir = os.path.join(workdir, "tokenizer")
+  if tokenizer.has_tokenizer(decoder.config.source):
+    tokenizer_with_image_token(decoder.config.source, config.image_token_id, out=tokenizer_dir)
+    for name in ("preprocessor_config.json",):
+      src = os.path.join(tower_dir, name)
+      if os.path.isfile(src):
+        with open(src, "rb") as f, open(os.path.join(tokenizer_dir, name), "wb") as g:
+          g.write(f.read())
+    config = config.replace(text=config.text.replace(source=tokenizer_dir))
+  text_config = config.text
+  projector = Projector(config.projector_type, tower.config.hidden_size * len(config.feature_layers),
+                        text_config.hidden_size, dtype=text_config.compute_dtype,
+                        param_dtype=jnp.float32, rngs=nnx.Rngs(params=seed))
+  values = {("language_model",) + p: v for p, v in with_image_row(decoder).items()}
+  values.update({("vision_tower",) + p: v for p, v in model_params(tower).items()})
+  values.update({("projector",) + p: v for p, v in model_params(projector).items()})
+  return merge_params(abstract_lvlm(config), values)
+
+
+def build_model(config, workdir: str) -> tuple:
+  """(model, training plan) for a training config; the model is ready to split."""
+  m = config.model
+  dtype = m.get("dtype") or default_compute_dtype()
+  model = from_hf(m.init_from, dtype=dtype)
+  if isinstance(model, Decoder) and m.get("vision_tower"):
+    model = compose_lvlm(model, m.vision_tower, m, workdir, config.seed)
+  plan = TrainingPlan.from_config(config, len(model.layers))
+  plan.prepare(model, config.seed)
+  if m.get("remat"):
+    set_remat(model)
+  return model, plan
+
+
+def set_remat(model) -> None:
+  decoder = model.language_model if isinstance(model, LVLM) else model
+  decoder.config = decoder.config.replace(remat=True)
+
+
+def fingerprint(model, plan: TrainingPlan) -> str:
+  """A cheap identity of the frozen base (what a checkpoint references instead of
+  holding it): shapes, dtypes and a strided value sample of every frozen parameter."""
+  h = hashlib.sha256()
+  frozen = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  for path, variable in sorted(frozen, key=lambda kv: str(kv[0])):
+    if plan.is_trainable(path, variable):
+      continue
+    value = variable.get_value()
+    sample = np.asarray(value.reshape(-1)[:: max(1, value.size // 64)][:64], np.float32)
+    h.update(f"{path}{value.shape}{value.dtype}".encode())
+    h.update(sample.tobytes())
+  return h.hexdigest()[:16]
