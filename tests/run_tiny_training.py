@@ -9,12 +9,16 @@ JAX_PROCESS_ID in the environment.
 
   python tests/run_tiny_training.py --params-out OUT.npz [--initial-params-out INIT.npz]
       [--stall-after-step N] [--hang-before-commit N --marker FILE]
+      [--signal-after-step N --signal TERM|INT [--signal-count K]]
       -- --config FILE --config.KEY=VALUE ...
 
 --stall-after-step and --hang-before-commit make the run stop making progress at a
 known point (after the metrics line of step N; inside orbax's commit of checkpoint N,
 before its temporary directory is renamed) so a test can SIGKILL it there
-deterministically instead of racing a few-millisecond window.
+deterministically instead of racing a few-millisecond window. --signal-after-step
+sends the process itself SIGTERM or SIGINT (K times) right after the metrics line of
+step N, as a scheduler or a user would mid-run; the run then goes through the
+command's exit path (`cli.run_main`), so its exit status is the documented one.
 """
 
 import argparse
@@ -32,6 +36,9 @@ def parse_args(argv):
   parser.add_argument("--stall-after-step", type=int, default=0)
   parser.add_argument("--hang-before-commit", type=int, default=0)
   parser.add_argument("--marker", default="")
+  parser.add_argument("--signal-after-step", type=int, default=0)
+  parser.add_argument("--signal", choices=("TERM", "INT"), default="TERM")
+  parser.add_argument("--signal-count", type=int, default=1)
   parser.add_argument("config_args", nargs=argparse.REMAINDER)
   args = parser.parse_args(argv)
   if args.config_args[:1] == ["--"]:
@@ -86,15 +93,28 @@ def install_stall_after_step(train, step: int, marker: str) -> None:
   """After the metrics line of `step` is written, the main thread sleeps (the async
   checkpoint thread keeps going), so the test kills a run with logged-but-uncheckpointed
   steps."""
-  write = train.MetricsLog.write
+  record = train.Progress.record
 
-  def stalling_write(self, record):
-    write(self, record)
-    if record.get("step") == step and "loss" in record:
+  def stalling_record(self, metrics, line=""):
+    record(self, metrics, line)
+    if metrics.get("step") == step and "loss" in metrics:
       touch(marker)
       time.sleep(STALL_SECONDS)
 
-  train.MetricsLog.write = stalling_write
+  train.Progress.record = stalling_record
+
+
+def install_signal_after_step(train, step: int, name: str, count: int) -> None:
+  import signal  # pylint: disable=import-outside-toplevel
+  record = train.Progress.record
+
+  def signalling_record(self, metrics, line=""):
+    record(self, metrics, line)
+    if metrics.get("step") == step and "loss" in metrics:
+      for _ in range(count):
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
+
+  train.Progress.record = signalling_record
 
 
 def install_hang_before_commit(step: int, marker: str) -> None:
@@ -129,12 +149,16 @@ def main(argv=None) -> int:
     install_hang_before_commit(args.hang_before_commit, args.marker)
   if args.initial_params_out:
     install_initial_params_dump(train, args.initial_params_out)
+  if args.signal_after_step:
+    install_signal_after_step(train, args.signal_after_step, args.signal, args.signal_count)
   print(f"processes {jax.process_count()} local_devices {jax.local_device_count()} "
         f"devices {jax.device_count()}", flush=True)
   config = load_config(args.config_args, "tests/run_tiny_training.py")
-  results = train.run(config)
-  save_params(args.params_out, results["model"])
-  return 0
+  from visregion_jax import cli  # pylint: disable=import-outside-toplevel
+
+  def body():
+    save_params(args.params_out, train.run(config)["model"])
+  return cli.run_main(body)
 
 
 if __name__ == "__main__":

@@ -79,30 +79,33 @@ def test_json_and_tfds_sources_give_identical_batches(dataset, tokenizer, tmp_pa
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])
-def test_restored_iterator_continues_exactly(dataset, tokenizer, num_workers):
+def test_pipeline_started_at_a_step_continues_exactly(dataset, tokenizer, num_workers):
+  """Resuming is starting at the step: the samples of a step depend on seed and step only."""
   source = sources.JsonSource(dataset["train"], dataset["root"])
   config = data_config(num_epochs=None, num_workers=num_workers)
-  batches = pipeline.make_batches(source, tokenizer, config, counter=skip.SkipCounter())
-  straight = take(batches, 16)  # past the 10-batch epoch: epochs are reshuffled
-  it = iter(batches)
-  for _ in range(7):
-    next(it)
-  state = it.get_state()
-  resumed = iter(pipeline.make_batches(source, tokenizer, config, counter=skip.SkipCounter()))
-  resumed.set_state(state)
-  assert_same_batches(straight[7:], [next(resumed) for _ in range(9)])
+  straight = take(pipeline.make_batches(source, tokenizer, config, counter=skip.SkipCounter()), 16)
+  resumed = take(pipeline.make_batches(source, tokenizer, config, counter=skip.SkipCounter(), start_step=7), 9)
+  assert_same_batches(straight[7:], resumed)  # past the 10-batch epoch: epochs are reshuffled
   first, second = straight[0]["index"], straight[10]["index"]
   assert not np.array_equal(first, second)
 
 
-def test_two_processes_together_see_every_sample_once(dataset, tokenizer):
+@pytest.mark.parametrize("processes", [2, 4])
+def test_processes_split_each_global_batch_in_order(dataset, tokenizer, processes):
+  """Process p holds rows [p*B/P, (p+1)*B/P) of the one-process global batch, at every
+  step: the same samples whatever the process count (elastic resume)."""
   source = sources.JsonSource(dataset["train"], dataset["root"])
-  seen = []
-  for process in range(2):
-    batches = pipeline.make_batches(source, tokenizer, data_config(global_batch_size=2),
-                                    counter=skip.SkipCounter(), process_index=process, process_count=2)
-    seen += [int(i) for b in batches for i in b["index"]]
-  assert sorted(seen) == list(range(len(source)))
+  config = data_config(global_batch_size=4, num_epochs=1)
+  whole = list(pipeline.make_batches(source, tokenizer, config, counter=skip.SkipCounter()))
+  shares = [list(pipeline.make_batches(source, tokenizer, config, counter=skip.SkipCounter(),
+                                       process_index=p, process_count=processes, start_step=1))
+            for p in range(processes)]
+  assert len(whole) == len(source) // 4 and all(len(share) == len(whole) - 1 for share in shares)
+  for step, batch in enumerate(whole[1:]):
+    joined = np.concatenate([share[step]["index"] for share in shares])
+    np.testing.assert_array_equal(joined, batch["index"])
+  seen = [int(i) for b in whole for i in b["index"]]
+  assert len(set(seen)) == len(seen)  # an epoch holds each sample once
 
 
 def bad_samples(root):
@@ -142,9 +145,14 @@ def test_bad_samples_are_skipped_and_counted(dataset, tokenizer):
     f.write(data)
   counter = skip.SkipCounter()
   source = sources.JsonSource(path, root)
-  batches = list(pipeline.make_batches(source, tokenizer, data_config(global_batch_size=2),
+  batches = list(pipeline.make_batches(source, tokenizer, data_config(global_batch_size=2, num_epochs=1),
                                        counter=counter))
-  assert sum(len(b["index"]) for b in batches) == len(good)
+  # a bad sample keeps its row, empty: one padding token, nothing supervised
+  rows = np.concatenate([b["index"] for b in batches])
+  assert sorted(rows[rows >= 0]) == list(range(len(good)))
+  for b in batches:
+    empty = b["index"] < 0
+    assert (b["labels"][empty] == -100).all() and (b["attention_mask"][empty].sum(axis=1) == 1).all()
   expected = {}
   for _, reason in bad:
     expected[reason] = expected.get(reason, 0) + 1

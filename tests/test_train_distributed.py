@@ -11,6 +11,7 @@ kill tests come first so they overlap with the slower multi-device compiles.
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -76,13 +77,13 @@ class Run:
   def failure(self, what: str) -> str:
     return f"{what}; log {self.log_path}:\n{self.log()[-4000:]}"
 
-  def finish(self, timeout: float = RUN_TIMEOUT) -> "Run":
+  def finish(self, timeout: float = RUN_TIMEOUT, status: int = 0) -> "Run":
     try:
       self.proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
       self.kill()
       pytest.fail(self.failure(f"run did not finish in {timeout}s"))
-    assert self.proc.returncode == 0, self.failure(f"run exited with {self.proc.returncode}")
+    assert self.proc.returncode == status, self.failure(f"run exited with {self.proc.returncode}, not {status}")
     return self
 
   def kill(self) -> None:
@@ -197,19 +198,19 @@ def started(request, root, inputs):
         run.kill()
 
 
-def finish_together(runs: list) -> list:
+def finish_together(runs: list, status: int = 0) -> list:
   """Waits for processes of one job; one failing fails the job at once, since the others
   would sit in a collective until their timeout."""
   deadline = time.time() + RUN_TIMEOUT
   while any(r.proc.poll() is None for r in runs):
-    failed = [r for r in runs if r.proc.poll() not in (None, 0)]
+    failed = [r for r in runs if r.proc.poll() not in (None, 0, status)]
     if failed:
       pytest.fail(failed[0].failure(f"process exited with {failed[0].proc.returncode}"))
     if time.time() > deadline:
       pytest.fail(runs[0].failure(f"run did not finish in {RUN_TIMEOUT}s"))
     time.sleep(0.2)
   for r in runs:
-    r.finish()
+    r.finish(status=status)
   return runs
 
 
@@ -307,3 +308,81 @@ def test_two_processes_match_one_process(two_processes, eight_devices):
   exported = convert.from_hf(os.path.join(lead.workdir, "hf"))
   assert_params_equal({"/".join(map(str, p)): np.asarray(v) for p, v in model_params(exported).items()},
                       lead.params())
+
+
+# --- signals: a checkpoint at the step boundary, the documented status, an exact rerun ---
+
+SIGTERM_STATUS, SIGINT_STATUS = 128 + signal.SIGTERM, 128 + signal.SIGINT
+
+
+@pytest.mark.parametrize("name, status", [("TERM", SIGTERM_STATUS), ("INT", SIGINT_STATUS)])
+def test_signal_checkpoints_at_the_step_boundary_and_resumes_exactly(root, inputs, one_device, name, status):
+  """SIG{TERM,INT} during step 3 (not a checkpoint step): the run saves checkpoint 3,
+  names it, exits with 128 + the signal; the rerun ends bit-equal to the uninterrupted run."""
+  run = Run(root, inputs, f"sig{name.lower()}", flags=["--signal-after-step", "3", "--signal", name]).finish(
+      status=status)
+  assert run.finished_checkpoints() == [2, 3]
+  assert f"stopped by SIG{name} after step 3; checkpoint {run.workdir}/checkpoints/3" in run.log()
+  assert "Traceback" not in run.log()
+  resumed = Run(root, inputs, f"sig{name.lower()}", log_suffix=".resumed").finish()
+  assert "resumed from step 3" in resumed.log()
+  assert [r["step"] for r in resumed.records()] == list(range(1, STEPS + 1))
+  assert resumed.losses() == one_device.losses()
+  assert_params_equal(resumed.params(), one_device.params())
+
+
+def test_second_ctrl_c_aborts_at_once(root, inputs):
+  run = Run(root, inputs, "sigint_twice", flags=["--signal-after-step", "3", "--signal", "INT",
+                                                  "--signal-count", "2"]).finish(status=SIGINT_STATUS)
+  assert "aborting without a checkpoint" in run.log()
+  assert run.finished_checkpoints() == [2]
+
+
+def copied(root, source: "Run", name: str) -> str:
+  shutil.copytree(source.workdir, str(root / name))
+  return name
+
+
+def assert_losses_after(resumed: "Run", reference: "Run", first: int) -> None:
+  expected, actual = reference.losses(), resumed.losses()
+  steps = list(range(first, STEPS + 1))
+  np.testing.assert_allclose([actual[s] for s in steps], [expected[s] for s in steps], rtol=1e-5, atol=0)
+
+
+def test_sigterm_on_two_processes_and_elastic_resume(root, inputs, two_processes):
+  """SIGTERM reaches process 0 only: both processes agree on step 3, checkpoint it
+  together and exit 143. The rerun on 2 processes ends bit-equal to the uninterrupted
+  2-process run; the same checkpoint resumed by 1 process of 8 devices continues with
+  that run's losses (the samples of a step do not depend on the process count)."""
+  port = free_port()
+  env = lambda i: {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}
+  runs = [Run(root, inputs, "two_sigterm", devices=4, log_suffix=f".{i}", **MESH_2X2X2, env=env(i),
+              flags=["--signal-after-step", "3"] if i == 0 else [])
+          for i in range(2)]
+  finish_together(runs, status=SIGTERM_STATUS)
+  assert runs[0].finished_checkpoints() == [2, 3]
+  assert all("stopped by SIGTERM after step 3" in r.log() for r in runs)
+  one = Run(root, inputs, copied(root, runs[0], "two_to_one"), devices=8, **MESH_2X2X2).finish()
+  assert "resumed from step 3" in one.log()
+  assert_losses_after(one, two_processes[0], 4)
+  port = free_port()
+  again = [Run(root, inputs, "two_sigterm", devices=4, log_suffix=f".resumed.{i}", **MESH_2X2X2, env=env(i))
+           for i in range(2)]
+  finish_together(again)
+  assert again[0].losses() == two_processes[0].losses()
+  assert_params_equal(again[0].params(), two_processes[0].params())
+
+
+@pytest.mark.parametrize("devices, mesh", [(4, {"mesh.data": 1, "mesh.fsdp": 4, "mesh.tensor": 1}),
+                                           (1, {"mesh.data": 1, "mesh.fsdp": 1, "mesh.tensor": 1})])
+def test_eight_device_checkpoint_resumes_on_fewer_devices(root, inputs, eight_devices, devices, mesh):
+  """Checkpoint 4 of the 8-device (2x2x2) run, restored onto 4 devices (fsdp=4) or one:
+  the steps after it have the 8-device run's losses."""
+  workdir = f"eight_to_{devices}"
+  shutil.copytree(eight_devices.workdir, str(root / workdir))
+  for step in os.listdir(os.path.join(root, workdir, "checkpoints")):
+    if step.isdigit() and int(step) != 4:
+      shutil.rmtree(os.path.join(root, workdir, "checkpoints", step))
+  resumed = Run(root, inputs, workdir, devices=devices, **mesh).finish()
+  assert "resumed from step 4" in resumed.log()
+  assert_losses_after(resumed, eight_devices, 5)

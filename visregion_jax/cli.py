@@ -6,7 +6,7 @@ import sys
 from typing import Callable
 
 from visregion_jax.config import base_config, describe_keys, load_config
-from visregion_jax.errors import VisRegionError
+from visregion_jax.errors import Interrupted, VisRegionError
 
 USAGE_ERROR = 2
 HELP_FLAGS = ("-h", "--help")
@@ -21,12 +21,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_main(body: Callable[[], object]) -> int:
-  """Runs a command; our exception becomes one line on stderr and exit status 2."""
+  """Runs a command; bad input becomes one `error:` line on stderr and exit status 2, a
+  run stopped by a signal one line saying where to resume and 128 + the signal."""
   try:
     body()
   except VisRegionError as e:
     print(f"error: {e}", file=sys.stderr)
     return USAGE_ERROR
+  except Interrupted as e:
+    print(str(e), file=sys.stderr, flush=True)
+    return e.exit_status
   return 0
 
 

@@ -67,6 +67,7 @@ KEYS = (
     ("train.checkpoint_every", 500, "steps between checkpoints"),
     ("train.max_bad_steps", 10, "stop after this many non-finite steps in a row"),
     ("train.export_hf", True, "write WORKDIR/hf (LoRA merged) at the end"),
+    ("train.profile_steps", (), "(first, last) step: a jax.profiler trace of those steps in WORKDIR/profile"),
 
     ("eval.every", 0, "steps between held-out evaluations (0 = never during training)"),
     ("eval.at_start", False, "evaluate before the first step"),

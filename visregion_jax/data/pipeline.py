@@ -1,16 +1,21 @@
 """The grain input pipeline: source -> shuffled indices -> samples in workers -> batches.
 
-Each process reads its own slice of a globally shuffled index stream (shuffle by seed,
-reshuffled each epoch), so the processes of a pod together see every sample of an
-epoch once. Loading, tokenization and image preprocessing run in grain worker
-processes (numpy and PIL only: JAX stays in the main process). Bad samples come out
-of the workers as `{"skip": reason}` records and are counted and dropped in the main
-process, so counts are exact however many workers run. Batches have fixed shapes
-(padding to `max_length` or to the smallest fitting bucket) to bound recompiles.
+Global batch s is positions [s*B, (s+1)*B) of one shuffled index stream (shuffle by
+seed, reshuffled each epoch); process p of P takes its contiguous rows [p*B/P,
+(p+1)*B/P). The samples of a step are therefore a function of the seed and the step
+alone, not of the process count or the mesh: a run resumes from its step on any
+number of processes (`make_batches(start_step=...)`, nothing else to restore). A bad
+sample comes out of the workers as `{"skip": reason}`, is counted in the main process
+(exact however many workers run) and becomes an empty row (one padding token, nothing
+supervised) so it changes no other row and no loss. Loading, tokenization and image
+preprocessing run in grain worker processes (numpy and PIL only: JAX stays in the main
+process). Batches have fixed shapes (padding to `max_length`, or to the smallest
+fitting bucket in a single-process job) to bound recompiles.
 """
 
 import dataclasses
 import io
+import sys
 from typing import Optional
 
 import grain
@@ -85,19 +90,36 @@ class SampleLoader:
             "pixel_values": pixels, "truncated": tokens.truncated}
 
 
-class CountAndDropSkips:
-  """Main-process filter: counts skip reasons (and truncations) and drops skipped records."""
+class CountSkips:
+  """Main-process map: counts skip reasons (and truncations); a skipped sample becomes an
+  empty row (index -1) so every step keeps its global batch."""
 
-  def __init__(self, counter: skip.SkipCounter):
-    self.counter = counter
+  def __init__(self, counter: skip.SkipCounter, config: DataConfig):
+    self.counter, self.config = counter, config
 
-  def __call__(self, record: dict) -> bool:
+  def __call__(self, record: dict) -> dict:
     if "skip" in record:
       self.counter.add(record["skip"])
-      return False
+      size = self.config.image.crop_size or self.config.image.size
+      return {"index": -1, "input_ids": np.array([self.config.pad_token_id], np.int32),
+              "labels": np.array([IGNORE_INDEX], np.int32), "pixel_values": np.zeros((0, size, size, 3), np.float32),
+              "truncated": False}
     if record["truncated"]:
       self.counter.add(skip.TRUNCATED)
-    return True
+    return record
+
+
+class StreamRows:
+  """Local sample position i -> the source index it reads: row i % L of this process's
+  share of global batch i // L (rows [p*L, (p+1)*L) of B)."""
+
+  def __init__(self, stream, global_batch: int, local_batch: int, process_index: int):
+    self.stream, self.global_batch, self.local_batch = stream, global_batch, local_batch
+    self.offset = process_index * local_batch
+
+  def __call__(self, i: int) -> int:
+    step, row = divmod(int(i), self.local_batch)
+    return int(self.stream[step * self.global_batch + self.offset + row])
 
 
 def padded_length(longest: int, config: DataConfig) -> int:
@@ -137,23 +159,24 @@ def local_batch_size(config: DataConfig, process_count: int) -> int:
 
 
 def make_batches(source, tokenizer, config: DataConfig, *, counter: skip.SkipCounter,
-                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """This process's batches (global batch / process count samples each).
-
-  Iterate with `iter(...)`; the iterator's `get_state()` / `set_state()` resume it
-  exactly (the train loop checkpoints that state beside the model).
-  """
+                 process_index: int = 0, process_count: int = 1, start_step: int = 0) -> grain.IterDataset:
+  """This process's batches (global batch / process count rows each) from global step
+  `start_step` on; with `num_epochs` set, as many full global batches as the epochs hold."""
   if len(source) == 0:
     raise VisRegionError("data", "expected at least one sample in the source")
-  batch = local_batch_size(config, process_count)
-  indices = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat(config.num_epochs)
-  indices = indices[process_index::process_count]
+  local = local_batch_size(config, process_count)
+  if process_count > 1:  # every process must pad its rows to the same length
+    config = dataclasses.replace(config, buckets=())
+  stream = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat(config.num_epochs)
+  steps = len(stream) // config.global_batch_size if config.num_epochs else sys.maxsize // config.global_batch_size
+  positions = grain.MapDataset.range(start_step * local, steps * local)
   read = grain.ReadOptions(num_threads=config.read_threads,
                            prefetch_buffer_size=max(config.prefetch_buffer, config.read_threads))
-  samples = indices.map(SampleLoader(source, tokenizer, config)).to_iter_dataset(read)
+  samples = positions.map(StreamRows(stream, config.global_batch_size, local, process_index)).map(
+      SampleLoader(source, tokenizer, config)).to_iter_dataset(read)
   if config.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; library callers never parse them
       flags.FLAGS.mark_as_parsed()
     samples = samples.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
-  return samples.filter(CountAndDropSkips(counter)).batch(
-      batch, drop_remainder=True, batch_fn=lambda records: collate(records, config))
+  return samples.map(CountSkips(counter, config)).batch(
+      local, drop_remainder=True, batch_fn=lambda records: collate(records, config))

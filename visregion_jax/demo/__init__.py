@@ -6,9 +6,24 @@ workdir); `finish` has transformers answer held-out questions with the export an
 compares its answers with the JAX model's own.
 """
 
+import os
+
 from visregion_jax.demo.synthetic import write_synthetic_dataset
 from visregion_jax.demo.transformers_check import compare_with_transformers
 from visregion_jax.demo.vision_pretrain import pretrain_vision_tower
+
+
+def provides(config) -> tuple:
+  """The config keys whose paths `prepare` writes: the data set's files where the config
+  names them inside `demo.data_root`, and the pretrained tower."""
+  root = os.path.abspath(config.demo.data_root)
+  written = {"data.train_json": os.path.join(root, "train.json"), "data.eval_json": os.path.join(root, "eval.json"),
+             "data.text_eval_json": os.path.join(root, "text_eval.json"), "data.image_root": root}
+  d = config.data
+  named = {"data.train_json": d.train_json, "data.eval_json": d.eval_json,
+           "data.text_eval_json": d.text_eval_json, "data.image_root": d.image_root}
+  keys = [key for key, path in written.items() if named[key] and os.path.abspath(named[key]) == path]
+  return tuple(keys + (["model.vision_tower"] if config.demo.get("tower") else []))
 
 
 def prepare(config, log) -> None:

@@ -15,13 +15,16 @@ from visregion_jax import cli
 from visregion_jax.console import log_line
 from visregion_jax.hooks import load_hook
 from visregion_jax.train import dry_run, loop
+from visregion_jax.train.validate import validate
 
 
 def train(config) -> dict:
-  """The command's work: a dry run, or the hook's prepare, training, the hook's finish."""
+  """The command's work: a dry run, or validation, the hook's prepare, training and the
+  hook's finish."""
   if config.get("dry_run"):
     return dry_run.report(config)
   hook = load_hook(config.get("hook", ""))
+  validate(config, hook.provides(config) if hook else ())
   if hook:
     hook.prepare(config, log_line)
   results = loop.run(config)

@@ -1,7 +1,9 @@
-"""Training checkpoints: trainable parameters, optimizer state, data iterator, metadata.
+"""Training checkpoints: trainable parameters, optimizer state and metadata.
 
-The frozen base is not copied: the metadata holds `model.init_from` and a fingerprint
-of the base, checked on resume. Trees are stored as flat {key path: array} dicts so
+The frozen base is not copied: the metadata holds `model.init_from`, a fingerprint of
+the base and the training plan, checked on resume. The data position is the step
+itself (the pipeline's samples are a function of seed and step, data/pipeline.py), so
+a checkpoint restores onto any process count or mesh. Trees are stored as flat {key path: array} dicts so
 the layout does not depend on NNX or optax node classes, and restored onto the live
 state's shardings. Orbax writes each step to a temporary directory and renames it
 when complete, so a run killed mid-write leaves the previous checkpoint intact.
@@ -9,7 +11,6 @@ when complete, so a run killed mid-write leaves the previous checkpoint intact.
 
 import os
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -37,26 +38,23 @@ class TrainCheckpoints:
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        item_names=("trainable", "opt_state", "data", "meta"),
-        item_handlers={"data": grain.checkpoint.CheckpointHandler()})
+        item_names=("trainable", "opt_state", "meta"))
 
   def latest_step(self):
     return self.manager.latest_step()
 
-  def save(self, step: int, trainable, opt_state, data_iterator, meta: dict) -> None:
+  def save(self, step: int, trainable, opt_state, meta: dict) -> None:
     self.manager.save(step, args=ocp.args.Composite(
         trainable=ocp.args.StandardSave(flat_dict(trainable)),
         opt_state=ocp.args.StandardSave(flat_dict(opt_state)),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
         meta=ocp.args.JsonSave(meta)))
 
-  def restore(self, step: int, trainable, opt_state, data_iterator) -> tuple:
-    """(trainable, opt_state, meta) of `step`; the data iterator is restored in place."""
+  def restore(self, step: int, trainable, opt_state) -> tuple:
+    """(trainable, opt_state, meta) of `step`, placed like the given trees."""
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(
           trainable=ocp.args.StandardRestore(abstract_of(trainable)),
           opt_state=ocp.args.StandardRestore(abstract_of(opt_state)),
-          data=grain.checkpoint.CheckpointRestore(data_iterator),
           meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many types for missing / mismatched / corrupt data
       raise VisRegionError(os.path.join(self.directory, str(step)),

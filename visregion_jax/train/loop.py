@@ -3,13 +3,14 @@
 Visual-region training: the projector and a sparse set of decoder layers (fully, or
 through LoRA) are updated, everything else stays frozen, as the training plan says.
 The loop runs a jitted step over a device mesh, logs `metrics.jsonl`, evaluates,
-checkpoints (trainable state, optimizer, data iterator, step) and resumes exactly from
+checkpoints (trainable state, optimizer, step) and resumes exactly from
 the latest checkpoint when started again on the same workdir; at the end it can
 export to HF with LoRA merged.
 """
 
 import json
 import os
+import signal
 import time
 
 import jax
@@ -21,13 +22,15 @@ from visregion_jax.console import log_line
 from visregion_jax.convert import load_tokenizer, to_hf
 from visregion_jax.data import pipeline, skip
 from visregion_jax.data.from_config import data_config_for, open_source
-from visregion_jax.errors import VisRegionError
+from visregion_jax.errors import Interrupted, VisRegionError
 from visregion_jax.evaluation import evaluate
 from visregion_jax.train.batching import check_batch
 from visregion_jax.train.builder import build_model, fingerprint
 from visregion_jax.train.checkpoint import TrainCheckpoints
-from visregion_jax.train.metrics_log import MetricsLog
+from visregion_jax.train.preemption import StopSignals
+from visregion_jax.train.progress import Progress
 from visregion_jax.train.step import make_train_step
+from visregion_jax.train.validate import validate
 
 
 def _short(metrics: dict) -> dict:
@@ -57,11 +60,16 @@ class Trainer:
     self.tokenizer = load_tokenizer(model.config.source)
     self.data_config = data_config_for(config, model, self.tokenizer, config.model.get("vision_tower"))
     self.counter = skip.SkipCounter()
-    self.iterator = iter(pipeline.make_batches(
-        open_source(config.data, "train"), self.tokenizer, self.data_config, counter=self.counter,
-        process_index=jax.process_index(), process_count=jax.process_count()))
+    self.source = open_source(config.data, "train")
     self.checkpoints = TrainCheckpoints(workdir)
     self.step, self.bad_in_a_row = 0, 0
+
+  def batches(self):
+    """This process's batches from the current step on (the same samples whatever the
+    process count: data/pipeline.py)."""
+    return iter(pipeline.make_batches(self.source, self.tokenizer, self.data_config, counter=self.counter,
+                                      process_index=jax.process_index(), process_count=jax.process_count(),
+                                      start_step=self.step))
 
   def model(self):
     return nnx.merge(self.graphdef, self.params, self.frozen, self.rest)
@@ -73,8 +81,7 @@ class Trainer:
     latest = self.checkpoints.latest_step()
     if latest is None:
       return
-    self.params, self.opt_state, meta = self.checkpoints.restore(latest, self.params, self.opt_state,
-                                                                 self.iterator)
+    self.params, self.opt_state, meta = self.checkpoints.restore(latest, self.params, self.opt_state)
     where = f"{self.checkpoints.directory}/{latest}"
     if meta["base_fingerprint"] != self.base_fingerprint:
       raise VisRegionError(where, "expected a checkpoint of this base model "
@@ -88,7 +95,7 @@ class Trainer:
     log_line(f"resumed from step {self.step}")
 
   def save(self) -> None:
-    self.checkpoints.save(self.step, self.params, self.opt_state, self.iterator, {
+    self.checkpoints.save(self.step, self.params, self.opt_state, {
         "step": self.step, "bad_steps_in_a_row": self.bad_in_a_row, "skipped": self.counter.counts(),
         "base_fingerprint": self.base_fingerprint, "init_from": str(self.config.model.init_from),
         "region_layers": list(self.plan.region_layers), "plan": self.plan.to_json()})
@@ -104,41 +111,74 @@ class Trainer:
       raise VisRegionError(f"step {self.step}", f"expected a finite loss; {self.bad_in_a_row} non-finite "
                            "steps in a row (lower train.lr or check the data)")
 
-  def train(self, metrics_log: MetricsLog, results: dict) -> None:
+  def run_step(self, step_fn, local: dict) -> dict:
+    """One optimizer step on this process's rows; the metrics as host numbers."""
+    local.pop("index")
+    profile = tuple(self.config.train.profile_steps)
+    if profile and self.step + 1 == profile[0] and jax.process_index() == 0:
+      jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
+    self.params, self.rest, self.opt_state, m = step_fn(
+        self.params, self.frozen, self.rest, self.opt_state, sharding.global_batch(local, self.mesh), self.step)
+    m = {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]), "finite": bool(m["finite"]),
+         "tokens": int(local["attention_mask"].sum()) * jax.process_count()}
+    self.step += 1
+    if profile and self.step == profile[-1] and jax.process_index() == 0:
+      jax.block_until_ready(self.params)
+      jax.profiler.stop_trace()
+      log_line(f"wrote a profile of steps {profile[0]}-{profile[-1]} to {os.path.join(self.workdir, 'profile')}")
+    return m
+
+  def log(self, m: dict, window: dict, progress: Progress, results: dict) -> None:
+    """The step's metrics record (every `train.log_every` steps and the last)."""
+    t = self.config.train
+    window["tokens"] += m["tokens"]
+    progress.advance(m["loss"], window["tokens"] / max(time.time() - window["start"], 1e-9))
+    if self.step % t.log_every and self.step != t.steps:
+      return
+    rates = {label: float(schedule(self.step - 1)) for label, schedule in sorted(self.schedules.items())}
+    record = {"step": self.step, "loss": m["loss"], "learning_rate": next(iter(rates.values())),
+              "learning_rates": rates, "tokens_per_sec": window["tokens"] / max(time.time() - window["start"], 1e-9),
+              "step_time_s": results["step_times_s"][-1], "skipped_samples": self.counter.total_skipped(),
+              "grad_norm": m["grad_norm"], "skip_reasons": self.counter.counts()}
+    progress.record(record, f"step {self.step}/{t.steps} loss {m['loss']:.4f} grad_norm {m['grad_norm']:.3f} "
+                    f"lr {record['learning_rate']:.2e} {record['tokens_per_sec']:.0f} tok/s "
+                    f"skipped {record['skipped_samples']}")
+    window.update(tokens=0, start=time.time())
+
+  def stop(self, signum: int) -> None:
+    """Saves the state at this step boundary (unless just saved) and raises Interrupted."""
+    if self.checkpoints.latest_step() != self.step:
+      self.save()
+    self.checkpoints.wait()
+    raise Interrupted(signal.Signals(signum).name, signum, self.step,
+                      os.path.join(self.checkpoints.directory, str(self.step)))
+
+  def train(self, progress: Progress, results: dict) -> None:
     t, e = self.config.train, self.config.eval
     step_fn = jax.jit(make_train_step(self.graphdef, self.tx, t.grad_accum, self.config.seed),
                       donate_argnums=(0, 3))
-    first_label = sorted(self.schedules)[0]
-    window_tokens, window_start = 0, time.time()
-    while self.step < t.steps:
-      try:
-        local = next(self.iterator)
-      except StopIteration:
-        log_line(f"data exhausted after {self.step} steps")
-        break
-      local.pop("index")
-      window_tokens += int(local["attention_mask"].sum()) * jax.process_count()
-      started = time.time()
-      self.params, self.rest, self.opt_state, m = step_fn(
-          self.params, self.frozen, self.rest, self.opt_state, sharding.global_batch(local, self.mesh), self.step)
-      loss = float(m["loss"])
-      results["step_times_s"].append(time.time() - started)
-      self.step += 1
-      self.count_finite(bool(m["finite"]))
-      if self.step % t.log_every == 0 or self.step == t.steps:
-        elapsed = max(time.time() - window_start, 1e-9)
-        record = {"step": self.step, "loss": loss, "learning_rate": float(self.schedules[first_label](self.step - 1)),
-                  "tokens_per_sec": window_tokens / elapsed, "step_time_s": results["step_times_s"][-1],
-                  "skipped_samples": self.counter.total_skipped(), "grad_norm": float(m["grad_norm"]),
-                  "skip_reasons": self.counter.counts()}
-        metrics_log.write(record)
-        log_line(f"step {self.step}/{t.steps} loss {loss:.4f} lr {record['learning_rate']:.2e} "
-                 f"{record['tokens_per_sec']:.0f} tok/s skipped {record['skipped_samples']}")
-        window_tokens, window_start = 0, time.time()
-      if e.every and self.step % e.every == 0 and self.step != t.steps:
-        metrics_log.write({"step": self.step, **_short(self.evaluate())})
-      if self.step % t.checkpoint_every == 0 or self.step == t.steps:
-        self.save()
+    window = {"tokens": 0, "start": time.time()}
+    batches = self.batches()
+    with StopSignals() as signals:
+      while self.step < t.steps:
+        local = next(batches, None)
+        if local is None:
+          log_line(f"data exhausted after {self.step} steps")
+          break
+        started = time.time()
+        m = self.run_step(step_fn, local)
+        results["step_times_s"].append(time.time() - started)
+        if len(results["step_times_s"]) == 1:
+          log_line(f"first step (compilation included) took {results['step_times_s'][0]:.1f} s")
+        self.count_finite(m["finite"])
+        self.log(m, window, progress, results)
+        if e.every and self.step % e.every == 0 and self.step != t.steps:
+          progress.record({"step": self.step, **_short(self.evaluate())})
+        if self.step % t.checkpoint_every == 0 or self.step == t.steps:
+          self.save()
+        stop = signals.requested()
+        if stop:
+          self.stop(stop)
 
   def export(self) -> str:
     """WORKDIR/hf: the trained model with LoRA merged; every process takes part in the
@@ -162,33 +202,47 @@ def prepare_workdir(config) -> str:
 
 def run(config) -> dict:
   """Trains as configured; returns the final metrics, the model and, for comparisons of
-  runs (tools/region_study.py), the trained size, optimizer bytes and step times."""
-  sharding.maybe_initialize_distributed(config.get("distributed", False))
+  runs (tools/region_study.py), the trained size, optimizer bytes and step times.
+  Raises Interrupted (after a checkpoint) when SIGTERM or SIGINT stops it."""
+  validate(config)
   workdir = prepare_workdir(config)
+  started = time.time()
+  log_line(f"building the model ({config.model.init_from}) and the data pipeline")
   trainer = Trainer(config, workdir)
   trainer.restore_latest()
-  metrics_log = MetricsLog(workdir, trainer.step)
+  log_line(f"built in {time.time() - started:.1f} s: {trainer.plan.describe()} of {trainer.num_layers}; "
+           f"mesh {dict(trainer.mesh.shape)}")
   results = {"trainable_params": int(sum(x.size for x in jax.tree.leaves(trainer.params))),
              "optimizer_bytes": int(sum(x.nbytes for x in jax.tree.leaves(trainer.opt_state))),
              "step_times_s": [], "tokenizer": trainer.tokenizer, "data_config": trainer.data_config}
-  log_line(f"{trainer.plan.describe()} of {trainer.num_layers}; trainable {results['trainable_params']:,} "
-           f"params; mesh {dict(trainer.mesh.shape)}")
-  if trainer.step == 0 and config.eval.at_start:
-    results["before"] = trainer.evaluate()
-    log_line(f"before training: {json.dumps(_short(results['before']))}")
-  trainer.train(metrics_log, results)
+  log_line(f"trainable {results['trainable_params']:,} params; optimizer state "
+           f"{results['optimizer_bytes'] / 2**20:.1f} MiB; compiling the train step")
+  progress = Progress(workdir, trainer.step, config.train.steps)
+  try:
+    if trainer.step == 0 and config.eval.at_start:
+      results["before"] = trainer.evaluate()
+      progress.record({"step": 0, **_short(results["before"])})
+      log_line(f"before training: {json.dumps(_short(results['before']))}")
+    trainer.train(progress, results)
+    finish(config, trainer, progress, results)
+  finally:
+    progress.close()
+    trainer.checkpoints.close()
+  return results
+
+
+def finish(config, trainer: Trainer, progress: Progress, results: dict) -> None:
+  """After the last step: region.json, the final evaluation and the export."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "region.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(trainer.workdir, "region.json"), "w", encoding="utf-8") as f:
       json.dump({"region_layers": list(trainer.plan.region_layers), "num_layers": trainer.num_layers}, f)
   trainer.checkpoints.wait()
-  trainer.checkpoints.close()
   if config.eval.at_end:
     results["after"] = trainer.evaluate()
-    metrics_log.write({"step": config.train.steps, **_short(results["after"])})
+    progress.record({"step": config.train.steps, **_short(results["after"])})
     log_line(f"after training: {json.dumps(_short(results['after']))}")
   if config.train.export_hf:
     results["hf_dir"] = trainer.export() or None
     if results["hf_dir"]:
       log_line(f"exported to {results['hf_dir']}")
   results["model"] = trainer.model()
-  return results
