@@ -130,7 +130,9 @@ def padded_length(longest: int, config: DataConfig) -> int:
 
 
 def collate(records: list, config: DataConfig) -> dict:
-  """Fixed-shape numpy batch; the batch's images come first in the image axis, in order."""
+  """Fixed-shape numpy batch. Row i's images fill its own `max_images_per_sample` slots
+  of the image axis (the rest are padding, `image_mask` False), so any split of the
+  batch axis (micro-batches, processes) keeps each row with its images."""
   length = padded_length(max(len(r["input_ids"]) for r in records), config)
   b = len(records)
   input_ids = np.full((b, length), config.pad_token_id, np.int32)
@@ -139,13 +141,13 @@ def collate(records: list, config: DataConfig) -> dict:
   for i, r in enumerate(records):
     n = len(r["input_ids"])
     input_ids[i, :n], labels[i, :n], attention_mask[i, :n] = r["input_ids"], r["labels"], 1
-  images = [r["pixel_values"] for r in records]
-  shape = images[0].shape[1:]
-  slots = b * config.max_images_per_sample
-  pixel_values = np.zeros((slots, *shape), np.float32)
-  stacked = np.concatenate(images, axis=0)
-  pixel_values[:len(stacked)] = stacked
-  image_mask = np.arange(slots) < len(stacked)
+  slots = config.max_images_per_sample
+  pixel_values = np.zeros((b * slots, *records[0]["pixel_values"].shape[1:]), np.float32)
+  image_mask = np.zeros(b * slots, bool)
+  for i, r in enumerate(records):
+    n = len(r["pixel_values"])
+    pixel_values[i * slots:i * slots + n] = r["pixel_values"]
+    image_mask[i * slots:i * slots + n] = True
   return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
           "pixel_values": pixel_values, "image_mask": image_mask,
           "index": np.array([r["index"] for r in records], np.int64)}

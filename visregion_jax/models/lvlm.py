@@ -100,8 +100,8 @@ class LVLM(nnx.Module):
             image_mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """Token embeddings with image features scattered onto the image tokens, in order.
 
-    Batches with a fixed image axis pad it at the end (`image_mask` False there); the
-    padding images' features are computed but land on no token.
+    Batches with a fixed image axis hold padding images anywhere in it (`image_mask`
+    False there); their features are computed but land on no token.
     """
     self.validate(input_ids, pixel_values, image_mask)
     is_image = input_ids == self.config.image_token_id
@@ -109,6 +109,8 @@ class LVLM(nnx.Module):
       return self.language_model.embed(input_ids)
     embeds = self.language_model.embed(jnp.where(is_image, 0, input_ids))
     feats = self.image_features(pixel_values)
+    if image_mask is not None:  # the real images first, still in order
+      feats = feats[jnp.argsort(~jnp.asarray(image_mask, bool), stable=True)]
     flat = feats.reshape(-1, feats.shape[-1])
     order = jnp.clip(jnp.cumsum(is_image.reshape(-1)) - 1, 0, flat.shape[0] - 1)
     placed = flat[order].reshape(embeds.shape)
@@ -119,7 +121,7 @@ class LVLM(nnx.Module):
               positions: Optional[jnp.ndarray] = None, cache: Optional[KVCache] = None,
               logits: str = "all", hidden_states: bool = False) -> DecoderOutput:
     """As Decoder.forward; `pixel_values` float [N, H, W, 3], already normalized, with an
-    optional `image_mask` [N] marking real images (they come first)."""
+    optional `image_mask` [N] marking real images (in token order; padding between them)."""
     return self.language_model.forward(
         inputs_embeds=self.embed(input_ids, pixel_values, image_mask), attention_mask=attention_mask,
         positions=positions, cache=cache, logits=logits, hidden_states=hidden_states)
