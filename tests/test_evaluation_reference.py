@@ -16,14 +16,15 @@ import pytest
 import tokenizers
 import torch
 import transformers
+from conftest import random_llava_model, tiny_llama_config
 from PIL import Image
 
-from conftest import random_llava_model, tiny_llama_config
-from visregion_jax import convert, evaluate
+from visregion_jax import convert
+from visregion_jax import evaluation as evaluate
 from visregion_jax.data import pipeline, sources
 from visregion_jax.data.image_processing import ImageProcessorConfig
-from visregion_jax.data.synthetic import answer_matches
-from visregion_jax.train_step import IGNORE
+from visregion_jax.data.tokenize import IGNORE_INDEX as IGNORE
+from visregion_jax.evaluation import answer_matches
 
 VOCAB = 128
 IMAGE_TOKEN = VOCAB - 1

@@ -1,8 +1,11 @@
 """The NNX decoder is numerically transformers' model: logits within 1e-4 in float32."""
 
+import copy
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from conftest import hf_logits, random_hf_model, save_hf_model, tiny_llama_config, tiny_phi3_config
 
 from visregion_jax import convert
@@ -62,7 +65,6 @@ def test_hidden_states_are_layer_inputs_and_outputs(tmp_path, rng):
   model = convert.from_hf(save_hf_model(hf, tmp_path))
   ids = rng.randint(3, 128, size=(2, 24))
   out = model.forward(jnp.asarray(ids), hidden_states=True)
-  import torch  # pylint: disable=import-outside-toplevel
   with torch.no_grad():
     ref = hf(torch.tensor(ids), output_hidden_states=True).hidden_states
   assert len(out.hidden_states) == hf.config.num_hidden_layers + 1
@@ -72,8 +74,7 @@ def test_hidden_states_are_layer_inputs_and_outputs(tmp_path, rng):
   np.testing.assert_allclose(final, ref[-1].numpy(), atol=1e-5)
 
 
-def test_remat_and_bf16_compute_run(tmp_path, rng):
-  """Remat changes nothing numerically; bf16 compute stays close to fp32."""
+def test_remat_changes_nothing(tmp_path, rng):
   hf = random_hf_model(CONFIGS["gqa"])
   path = save_hf_model(hf, tmp_path)
   ids = jnp.asarray(rng.randint(3, 128, size=(2, 16)))
@@ -81,8 +82,30 @@ def test_remat_and_bf16_compute_run(tmp_path, rng):
   remat = convert.from_hf(path)
   remat.config = remat.config.replace(remat=True)
   np.testing.assert_allclose(np.asarray(remat(ids)), np.asarray(fp32(ids)), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["gqa", "phi3"])
+def test_bf16_error_is_transformers_bf16_error(name, tmp_path, rng):
+  """bf16 compute may lose only what transformers' own bf16 model loses, both measured
+  against the fp32 logits (ours / theirs: max 0.79-0.86, mean 0.91-0.94 when measured).
+  These logits span about +-0.7 and bf16 moves them by ~1e-2, so a flat atol of 0.1
+  tells little. Queries and keys are scaled up so attention follows positions, and 320
+  tokens put positions past 256, where bf16 no longer holds integers: RoPE angles
+  rounded to bf16 give 10-12x transformers' max error here."""
+  hf = random_hf_model(CONFIGS[name])
+  with torch.no_grad():
+    for param_name, p in hf.named_parameters():
+      if any(proj in param_name for proj in ("q_proj", "k_proj", "qkv_proj")):
+        p.mul_(8.0)
+  path = save_hf_model(hf, tmp_path)
+  ids, mask = padded_batch(rng, hf.config.vocab_size)
+  want = hf_logits(hf, ids, mask)
+  hf_error = np.abs(hf_logits(copy.deepcopy(hf).to(torch.bfloat16), ids, mask) - want)
   bf16 = convert.from_hf(path, dtype="bfloat16")
-  out = bf16(ids)
+  out = bf16(jnp.asarray(ids), jnp.asarray(mask))
   assert out.dtype == jnp.bfloat16
   assert bf16.layers[0].self_attn.q_proj.kernel[...].dtype == jnp.float32  # params stay fp32
-  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(fp32(ids)), atol=0.1)
+  error = np.abs(np.asarray(out, np.float32) - want)
+  real = mask.astype(bool)
+  assert error[real].max() <= 2 * hf_error[real].max()
+  assert error[real].mean() <= 1.25 * hf_error[real].mean()

@@ -17,13 +17,15 @@ import optax
 import pytest
 import torch
 import transformers
+from conftest import random_llava_model, tiny_llama_config
 from flax import nnx
 
-from conftest import random_llava_model, tiny_llama_config
-from visregion_jax import convert, region
+from visregion_jax import convert
 from visregion_jax.data import pipeline
 from visregion_jax.data.image_processing import ImageProcessorConfig
-from visregion_jax.train_step import IGNORE, make_train_step
+from visregion_jax.data.tokenize import IGNORE_INDEX as IGNORE
+from visregion_jax.plan import TrainingPlan
+from visregion_jax.train.step import make_train_step
 
 IMAGE_TOKEN = 120
 IMAGE = 14  # 2x2 patches of 7: 4 features per image under "default"
@@ -113,11 +115,7 @@ def keep_gradients() -> optax.GradientTransformation:
 
 def step_loss_and_grads(model, batch: dict, accum: int):
   """(loss, {path: gradient}) of one jitted train step, the trainable set as train.py's."""
-  def trainable(path, variable):
-    return (isinstance(variable, nnx.Param)
-            and region.label_of(tuple(path), REGION_LAYERS, lora=False) != region.FROZEN)
-
-  graphdef, params, frozen, rest = nnx.split(model, trainable, nnx.Param, ...)
+  graphdef, params, frozen, rest = TrainingPlan(region_layers=tuple(sorted(REGION_LAYERS))).split(model)
   tx = keep_gradients()
   step = jax.jit(make_train_step(graphdef, tx, accum, seed=0))
   _, _, grads, metrics = step(params, frozen, rest, tx.init(params), batch, 0)

@@ -17,8 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
-from visregion_jax import optim, region
+from visregion_jax import optim, plan
+from visregion_jax.plan import TrainingPlan
 
 B1, B2, EPS = 0.9, 0.999, 1e-8
 STEPS = 10
@@ -38,9 +40,9 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def labels_of(names) -> dict:
-  """The labeler's group of each parameter (region layer 1, the tower trained)."""
-  return {name: region.label_of(tuple(name.split("/")), {1}, lora=False, train_vision=True)
-          for name in names}
+  """The plan's group of each parameter (region layer 1, the tower trained)."""
+  trained = TrainingPlan(region_layers=(1,), train_vision=True)
+  return {name: trained.label(tuple(name.split("/")), nnx.Param(0.0)) for name in names}
 
 
 def problem():
@@ -103,27 +105,27 @@ def optax_run(params: dict, grads: list, config) -> list:
 
 def group_lrs(config) -> dict:
   """Each parameter's peak lr, read off the config by its group (the test's own mapping)."""
-  by_label = {region.REGION: config.lr, region.PROJECTOR: config.projector_lr,
-              region.VISION: config.vision_lr}
+  by_label = {plan.REGION: config.lr, plan.PROJECTOR: config.projector_lr,
+              plan.VISION: config.vision_lr}
   return {k: by_label[label] for k, label in labels_of(SHAPES).items()}
 
 
 def test_labels_cover_every_group():
   labels = labels_of(SHAPES)
-  assert [labels[k] for k in SHAPES] == [region.PROJECTOR, region.PROJECTOR, region.REGION,
-                                         region.REGION, region.VISION]
+  assert [labels[k] for k in SHAPES] == [plan.PROJECTOR, plan.PROJECTOR, plan.REGION,
+                                         plan.REGION, plan.VISION]
 
 
 def test_schedules_equal_transformers_cosine_with_warmup():
   config = train_config()
   _, schedules = optim.make_optimizer(config, labels_of(SHAPES))
-  peaks = {region.REGION: config.lr, region.PROJECTOR: config.projector_lr,
-           region.VISION: config.vision_lr}
+  peaks = {plan.REGION: config.lr, plan.PROJECTOR: config.projector_lr,
+           plan.VISION: config.vision_lr}
   for label, peak in peaks.items():
     got = [float(schedules[label](t)) for t in range(STEPS + 1)]
     want = [hand_lr(peak, t, config.warmup_ratio, STEPS) for t in range(STEPS + 1)]
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12, err_msg=label)
-  assert float(schedules[region.REGION](3)) == pytest.approx(config.lr)  # peak at ceil(0.25*10)
+  assert float(schedules[plan.REGION](3)) == pytest.approx(config.lr)  # peak at ceil(0.25*10)
 
 
 def test_adamw_steps_equal_hand_adamw():
@@ -145,7 +147,7 @@ def test_swapped_group_rates_leave_the_reference():
   want, _ = hand_adamw(params, grads, group_lrs(config), config)
   got = optax_run(params, grads, train_config(lr=config.projector_lr, projector_lr=config.lr))
   labels = labels_of(SHAPES)
-  for label in (region.REGION, region.PROJECTOR):
+  for label in (plan.REGION, plan.PROJECTOR):
     names = [k for k in SHAPES if labels[k] == label]
     error = max(float(np.abs(g[k] - w[k]).max()) for g, w in zip(got, want) for k in names)
     assert error > 1e-3, label

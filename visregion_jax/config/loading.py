@@ -25,13 +25,13 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   sys.path.insert(0, os.path.dirname(os.path.abspath(path)))  # configs import their siblings
   try:
     spec.loader.exec_module(module)
-  except Exception as e:  # a user's config file can raise anything
+    config = module.get_config() if hasattr(module, "get_config") else None
+  except Exception as e:  # a user's config file can raise anything, on import or in get_config()
     raise VisRegionError(path, f"expected a loadable Python config ({type(e).__name__}: {e})") from None
   finally:
     sys.path.pop(0)
   if not hasattr(module, "get_config"):
     raise VisRegionError(path, "expected a get_config() function")
-  config = module.get_config()
   if not isinstance(config, ml_collections.ConfigDict):
     raise VisRegionError(f"{path}: get_config()", "expected an ml_collections.ConfigDict")
   return config
@@ -62,7 +62,8 @@ def parse_value(text: str, current, key: str):
       raise VisRegionError(f"--config.{key}", f"expected a {type(current).__name__}, got {text!r}") from None
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
       value = float(value)
-    if current is not None and not isinstance(value, type(current)):
+    # bool is an int to isinstance, but `steps=True` is a typo, not a step count
+    if current is not None and (not isinstance(value, type(current)) or isinstance(value, bool)):
       if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
         return type(current)(value)
       raise VisRegionError(f"--config.{key}", f"expected a {type(current).__name__}, got {text!r}")
