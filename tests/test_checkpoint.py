@@ -124,7 +124,7 @@ def test_template_of_another_config_is_refused(saved, template, trainable_only):
 
 def test_rotation_keeps_the_newest(tmp_path):
   params, opt_state = trainable_state()
-  checkpoints = TrainCheckpoints(str(tmp_path), max_to_keep=2)
+  checkpoints = TrainCheckpoints(str(tmp_path), keep=2)
   for step in (2, 4, 6):
     checkpoints.save(step, params, opt_state, {**META, "step": step})
   checkpoints.wait()

@@ -213,9 +213,27 @@ def check_reconstructed_opt_state(model, plan, train_config, params: dict) -> No
   assert 2 * trainable_bytes < nbytes(jax.tree.leaves(state)) + nbytes(jax.tree.leaves(frozen))
 
 
+def check_reports(workdir: str) -> None:
+  """TensorBoard holds the logged scalars of every step (read by TensorBoard's reader);
+  `train.profile_steps=(2, 3)` left a profiler trace."""
+  from test_progress import scalars  # pylint: disable=import-outside-toplevel
+  read = scalars(workdir)
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    logged = {r["step"]: r for r in map(json.loads, f) if "loss" in r}
+  assert sorted(logged) == list(range(1, STEPS + 1))
+  for tag in ("loss", "grad_norm", "tokens_per_sec", "skipped_samples", "learning_rates/projector",
+              "learning_rates/region"):
+    assert read[tag] == pytest.approx({s: np.float32(r[tag.split("/")[0]] if "/" not in tag
+                                                     else r["learning_rates"][tag.split("/")[1]])
+                                       for s, r in logged.items()}), tag
+  assert glob.glob(os.path.join(workdir, "profile", "**", "*.xplane.pb"), recursive=True)
+
+
 def test_full_update_run(inputs, base, tmp_path):
   decoder, tower = base
-  run = run_tiny(inputs, str(tmp_path / "full"), **{"region.strategy": "uniform", "region.lora_rank": 0})
+  run = run_tiny(inputs, str(tmp_path / "full"), **{"region.strategy": "uniform", "region.lora_rank": 0,
+                                                     "train.profile_steps": "(2, 3)"})
+  check_reports(run["workdir"])
   # the model the run started from: the projector is fresh, so in no file
   model, plan = builder.build_model(run["config"], str(tmp_path / "init"))
   assert len(model.layers) == NUM_LAYERS and plan.region_layers == REGION

@@ -31,6 +31,10 @@ def run_main(body: Callable[[], object]) -> int:
   except Interrupted as e:
     print(str(e), file=sys.stderr, flush=True)
     return e.exit_status
+  except OSError as e:  # the world is input too: a full or read-only disk, a path below a file
+    where = e.filename or "os"
+    print(f"error: {where}: {e.strerror or e} (expected a usable path)", file=sys.stderr)
+    return USAGE_ERROR
   return 0
 
 

@@ -65,6 +65,8 @@ KEYS = (
     ("train.max_grad_norm", 1.0, "clip gradients to this global norm"),
     ("train.log_every", 10, "steps between metrics.jsonl records"),
     ("train.checkpoint_every", 500, "steps between checkpoints"),
+    ("train.keep_checkpoints", 2, "newest intact checkpoints kept (older ones are deleted)"),
+    ("train.keep_every", 0, "also keep every checkpoint whose step is a multiple of this (0 = none)"),
     ("train.max_bad_steps", 10, "stop after this many non-finite steps in a row"),
     ("train.export_hf", True, "write WORKDIR/hf (LoRA merged) at the end"),
     ("train.profile_steps", (), "(first, last) step: a jax.profiler trace of those steps in WORKDIR/profile"),

@@ -20,14 +20,18 @@ def _add_original_options(parser) -> None:
 
 
 def _parse_size(text: str) -> int:
+  """Bytes of a size like 5GB, 500MB or 1048576; at least one byte."""
   units = {"KB": 1000, "MB": 1000 ** 2, "GB": 1000 ** 3, "KIB": 1024, "MIB": 1024 ** 2, "GIB": 1024 ** 3}
-  upper = text.strip().upper()
+  upper, size = text.strip().upper(), None
   for unit, factor in sorted(units.items(), key=lambda u: -len(u[0])):
     if upper.endswith(unit) and upper[:-len(unit)].strip().replace(".", "", 1).isdigit():
-      return int(float(upper[:-len(unit)]) * factor)
-  if upper.isdigit():
-    return int(upper)
-  raise VisRegionError("--max-shard-size", f"expected a size like 5GB or 500MB, got {text!r}")
+      size = int(float(upper[:-len(unit)]) * factor)
+      break
+  if size is None and upper.isdigit():
+    size = int(upper)
+  if not size or size < 1:
+    raise VisRegionError("--max-shard-size", f"expected a positive size like 5GB or 500MB, got {text!r}")
+  return size
 
 
 def main(argv=None) -> int:

@@ -8,6 +8,7 @@ from visregion_jax.convert.decoder import decoder_from_hf, decoder_to_hf
 from visregion_jax.convert.llava import from_llava_hf, to_llava_hf
 from visregion_jax.convert.params import default_compute_dtype
 from visregion_jax.models.llama import Decoder
+from visregion_jax.publish import published_directory
 
 
 def from_hf(path: str, *, dtype: Optional[str] = None, param_dtype: Optional[str] = None):
@@ -29,8 +30,11 @@ def to_hf(model, out_dir: str, *, max_shard_bytes: int = tensor_files.DEFAULT_MA
   """Writes config.json, safetensors (dtype kept) and the tokenizer, loadable by transformers.
 
   A Decoder becomes LlamaForCausalLM / Phi3ForCausalLM, an LVLM llava-hf. A model
-  carrying LoRA factors is refused: merge them first (`TrainingPlan.merge_lora`).
+  carrying LoRA factors is refused: merge them first (`TrainingPlan.merge_lora`). The
+  directory is published whole (publish.py): until the new export is complete, the
+  previous one stays as it was; afterwards nothing of it is left.
   """
-  if isinstance(model, Decoder):
-    return decoder_to_hf(model, out_dir, max_shard_bytes=max_shard_bytes)
-  return to_llava_hf(model, out_dir, max_shard_bytes=max_shard_bytes)
+  write = decoder_to_hf if isinstance(model, Decoder) else to_llava_hf
+  with published_directory(out_dir) as partial:
+    write(model, partial, max_shard_bytes=max_shard_bytes)
+  return os.path.abspath(out_dir)

@@ -79,7 +79,7 @@ def _with_source(config, source: str):
 def write_model(model, directory: str) -> str:
   """Writes the model; refuses a non-empty directory rather than mixing two models."""
   directory = os.path.abspath(directory)
-  if os.path.exists(directory) and os.listdir(directory):
+  if os.path.isdir(directory) and os.listdir(directory):
     raise VisRegionError(directory, "expected a new or empty directory")
   os.makedirs(directory, exist_ok=True)
   config = model.config

@@ -183,7 +183,10 @@ def write_safetensors(directory: str, tensors: Iterable, sizes: list,
       key, array = next(iterator)
       shard[key] = np.ascontiguousarray(array)
       weight_map[key] = name
-    save_file(shard, os.path.join(directory, name), metadata={"format": "pt"})
+    try:
+      save_file(shard, os.path.join(directory, name), metadata={"format": "pt"})
+    except SafetensorError as e:  # safetensors reports a full disk or a size limit this way
+      raise VisRegionError(os.path.join(directory, name), f"could not be written ({e})") from None
     del shard
   if len(names) > 1:
     with open(os.path.join(directory, SAFETENSORS_INDEX), "w", encoding="utf-8") as f:

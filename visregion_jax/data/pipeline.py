@@ -92,18 +92,25 @@ class SampleLoader:
 
 class CountSkips:
   """Main-process map: counts skip reasons (and truncations); a skipped sample becomes an
-  empty row (index -1) so every step keeps its global batch."""
+  empty row (index -1) so every step keeps its global batch. As many skips in a row as
+  the source has samples means no sample is usable: an error, not an endless loop."""
 
-  def __init__(self, counter: skip.SkipCounter, config: DataConfig):
-    self.counter, self.config = counter, config
+  def __init__(self, counter: skip.SkipCounter, config: DataConfig, num_samples: int):
+    self.counter, self.config, self.num_samples = counter, config, num_samples
+    self.in_a_row = 0
 
   def __call__(self, record: dict) -> dict:
     if "skip" in record:
       self.counter.add(record["skip"])
+      self.in_a_row += 1
+      if self.in_a_row >= self.num_samples:
+        raise VisRegionError("data", f"expected at least one usable sample: no usable sample in "
+                             f"{self.in_a_row} in a row (skipped: {self.counter.counts()})")
       size = self.config.image.crop_size or self.config.image.size
       return {"index": -1, "input_ids": np.array([self.config.pad_token_id], np.int32),
               "labels": np.array([IGNORE_INDEX], np.int32), "pixel_values": np.zeros((0, size, size, 3), np.float32),
               "truncated": False}
+    self.in_a_row = 0
     if record["truncated"]:
       self.counter.add(skip.TRUNCATED)
     return record
@@ -180,5 +187,5 @@ def make_batches(source, tokenizer, config: DataConfig, *, counter: skip.SkipCou
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; library callers never parse them
       flags.FLAGS.mark_as_parsed()
     samples = samples.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
-  return samples.map(CountSkips(counter, config)).batch(
+  return samples.map(CountSkips(counter, config, len(source))).batch(
       local, drop_remainder=True, batch_fn=lambda records: collate(records, config))

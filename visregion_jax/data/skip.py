@@ -10,6 +10,7 @@ import threading
 
 # The reasons, so counts from different processes and runs line up.
 MISSING_IMAGE = "missing_image"
+NOT_A_FILE = "image_not_a_regular_file"  # a directory, FIFO or device: never read (it could block)
 CORRUPT_IMAGE = "corrupt_image"
 PATH_OUTSIDE_ROOT = "path_outside_root"
 NO_ASSISTANT_TURN = "no_assistant_turn"

@@ -8,6 +8,7 @@ the pipeline); file-level problems raise `VisRegionError` (the run stops).
 
 import json
 import os
+import stat
 
 import numpy as np
 
@@ -86,6 +87,8 @@ class JsonSource:
     images = []
     for path in paths:
       try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+          raise skip.SkipSample(skip.NOT_A_FILE, f"sample {index}: {path}")
         with open(path, "rb") as f:
           images.append(f.read())
       except OSError:

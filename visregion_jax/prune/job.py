@@ -27,7 +27,6 @@ WORKDIR/region.json, else the config's region settings.
 import json
 import math
 import os
-import shutil
 
 import numpy as np
 
@@ -40,6 +39,7 @@ from visregion_jax.data.from_config import data_config_for, open_source
 from visregion_jax.errors import VisRegionError
 from visregion_jax.loading import load_model
 from visregion_jax.prune.report import METRICS, measure, write_report
+from visregion_jax.publish import write_file_atomically
 
 
 def model_dir_of(config, workdir: str) -> str:
@@ -166,9 +166,9 @@ def run(config) -> dict:
   removed = choose_layers(saved_scores, p, region_layers)
   out_dir = os.path.join(workdir, "prune")
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "scores.json"), "w", encoding="utf-8") as f:
-    json.dump({"layer_scores": saved_scores, "region": list(region_layers), "removed": list(removed),
-               "metric": p.metric}, f, indent=2)
+  write_file_atomically(os.path.join(out_dir, "scores.json"), json.dumps(
+      {"layer_scores": saved_scores, "region": list(region_layers), "removed": list(removed),
+       "metric": p.metric}, indent=2))
   plots.layer_scores_chart(os.path.join(out_dir, "scores.png"), saved_scores, region=region_layers,
                            removed=removed, title=f"{p.metric} per layer (block {block}), removed {list(removed)}",
                            y_label=p.metric)
@@ -176,7 +176,6 @@ def run(config) -> dict:
                  f"removing {list(removed)}")
   pruned = prune.drop_layers(model, removed)
   hf_dir = os.path.join(out_dir, "hf")
-  shutil.rmtree(hf_dir, ignore_errors=True)  # shards of an earlier run (another k) would linger
   to_hf(pruned, hf_dir)
   report = {"model": model_dir, "num_layers": {"before": num_layers, "after": len(pruned.layers)},
             "removed": list(removed), "metric": p.metric, "tokens": p.tokens, "block_size": block,

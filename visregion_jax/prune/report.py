@@ -12,6 +12,7 @@ from flax import nnx
 from visregion_jax.convert.params import model_params
 from visregion_jax.evaluation import evaluate
 from visregion_jax.models.lvlm import LVLM
+from visregion_jax.publish import write_file_atomically
 
 LATENCY_RUNS = 5
 METRICS = ("eval_accuracy", "text_perplexity", "forward_latency_s", "num_params")
@@ -58,8 +59,7 @@ def _cell(key: str, value) -> str:
 
 
 def write_report(out_dir: str, report: dict) -> None:
-  with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
+  write_file_atomically(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2))
   names = {"eval_accuracy": "held-out answer accuracy (data.eval_json)",
            "text_perplexity": "text perplexity (data.text_eval_json)",
            "forward_latency_s": f"forward latency (median of {LATENCY_RUNS}, batch {report['latency_batch']})",
@@ -71,5 +71,4 @@ def write_report(out_dir: str, report: dict) -> None:
            f"{report['region']['before']} (after pruning: {report['region']['after']}).", "",
            "| metric | before | after |", "|---|---|---|"]
   lines += [f"| {names[k]} | {_cell(k, report['before'][k])} | {_cell(k, report['after'][k])} |" for k in METRICS]
-  with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+  write_file_atomically(os.path.join(out_dir, "report.md"), "\n".join(lines) + "\n")

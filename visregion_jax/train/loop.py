@@ -14,6 +14,7 @@ import signal
 import time
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding
 
@@ -24,6 +25,7 @@ from visregion_jax.data import pipeline, skip
 from visregion_jax.data.from_config import data_config_for, open_source
 from visregion_jax.errors import Interrupted, VisRegionError
 from visregion_jax.evaluation import evaluate
+from visregion_jax.publish import write_file_atomically
 from visregion_jax.train.batching import check_batch
 from visregion_jax.train.builder import build_model, fingerprint
 from visregion_jax.train.checkpoint import TrainCheckpoints
@@ -31,6 +33,7 @@ from visregion_jax.train.preemption import StopSignals
 from visregion_jax.train.progress import Progress
 from visregion_jax.train.step import make_train_step
 from visregion_jax.train.validate import validate
+from visregion_jax.train.workdir_lock import WorkdirLock
 
 
 def _short(metrics: dict) -> dict:
@@ -61,7 +64,8 @@ class Trainer:
     self.data_config = data_config_for(config, model, self.tokenizer, config.model.get("vision_tower"))
     self.counter = skip.SkipCounter()
     self.source = open_source(config.data, "train")
-    self.checkpoints = TrainCheckpoints(workdir)
+    self.checkpoints = TrainCheckpoints(workdir, keep=config.train.keep_checkpoints,
+                                        keep_every=config.train.keep_every)
     self.step, self.bad_in_a_row = 0, 0
 
   def batches(self):
@@ -78,7 +82,7 @@ class Trainer:
     return evaluate(self.config, self.model(), self.tokenizer, self.data_config)
 
   def restore_latest(self) -> None:
-    latest = self.checkpoints.latest_step()
+    latest = self.checkpoints.latest_intact_step()
     if latest is None:
       return
     self.params, self.opt_state, meta = self.checkpoints.restore(latest, self.params, self.opt_state)
@@ -94,7 +98,18 @@ class Trainer:
       self.counter.add(reason, n)
     log_line(f"resumed from step {self.step}")
 
+  def last_checkpoint(self) -> str:
+    step = self.checkpoints.latest_step()
+    return "none yet" if step is None else self.checkpoints.step_dir(step)
+
+  def check_finite_params(self, what: str) -> None:
+    """Parameters that are not finite are never checkpointed or exported."""
+    if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(self.params)):
+      raise VisRegionError(f"step {self.step}", f"expected finite parameters to {what}; they diverged "
+                           f"(lower train.lr); last finite checkpoint: {self.last_checkpoint()}")
+
   def save(self) -> None:
+    self.check_finite_params("checkpoint")
     self.checkpoints.save(self.step, self.params, self.opt_state, {
         "step": self.step, "bad_steps_in_a_row": self.bad_in_a_row, "skipped": self.counter.counts(),
         "base_fingerprint": self.base_fingerprint, "init_from": str(self.config.model.init_from),
@@ -107,9 +122,10 @@ class Trainer:
       return
     self.bad_in_a_row += 1
     self.counter.add("non_finite_step")
-    if self.bad_in_a_row >= self.config.train.max_bad_steps:
-      raise VisRegionError(f"step {self.step}", f"expected a finite loss; {self.bad_in_a_row} non-finite "
-                           "steps in a row (lower train.lr or check the data)")
+    if self.bad_in_a_row >= self.config.train.max_bad_steps or self.step == self.config.train.steps:
+      raise VisRegionError(f"step {self.step}", f"expected a finite loss and gradients; {self.bad_in_a_row} "
+                           "non-finite steps in a row, their updates skipped (lower train.lr or check the "
+                           f"data); last finite checkpoint: {self.last_checkpoint()}")
 
   def run_step(self, step_fn, local: dict) -> dict:
     """One optimizer step on this process's rows; the metrics as host numbers."""
@@ -183,6 +199,7 @@ class Trainer:
   def export(self) -> str:
     """WORKDIR/hf: the trained model with LoRA merged; every process takes part in the
     gather, process 0 writes."""
+    self.check_finite_params("export")
     exported = sharding.gathered_to_host(self.model())
     if jax.process_index() != 0:
       return ""
@@ -190,14 +207,16 @@ class Trainer:
     return to_hf(exported, os.path.join(self.workdir, "hf"))
 
 
-def prepare_workdir(config) -> str:
-  """The absolute workdir, with the resolved config that pruning and exports read back."""
+def prepare_workdir(config) -> tuple:
+  """(the absolute workdir, its lock): one run per workdir; the resolved config, which
+  pruning and exports read back, written once the lock is held."""
   workdir = os.path.abspath(config.workdir)
   os.makedirs(workdir, exist_ok=True)
+  lock = WorkdirLock(workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json(indent=2))
-  return workdir
+    lock.acquire()
+    write_file_atomically(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+  return workdir, lock
 
 
 def run(config) -> dict:
@@ -205,7 +224,14 @@ def run(config) -> dict:
   runs (tools/region_study.py), the trained size, optimizer bytes and step times.
   Raises Interrupted (after a checkpoint) when SIGTERM or SIGINT stops it."""
   validate(config)
-  workdir = prepare_workdir(config)
+  workdir, lock = prepare_workdir(config)
+  try:
+    return train_locked(config, workdir)
+  finally:
+    lock.release()
+
+
+def train_locked(config, workdir: str) -> dict:
   started = time.time()
   log_line(f"building the model ({config.model.init_from}) and the data pipeline")
   trainer = Trainer(config, workdir)

@@ -22,7 +22,7 @@ def load_trained(workdir: str):
   merged as an export would merge it."""
   config = ml_collections.ConfigDict(read_json_object(os.path.join(workdir, "config.json")))
   checkpoints = TrainCheckpoints(workdir)
-  step = checkpoints.latest_step()
+  step = checkpoints.latest_intact_step()
   if step is None:
     raise VisRegionError(checkpoints.directory, "expected at least one training checkpoint")
   model, plan = build_model(config, workdir)

@@ -39,6 +39,8 @@ RANGES = (
     ("train.max_grad_norm", NUMBER, 0, None, False),
     ("train.log_every", INT, 1, None, True),
     ("train.checkpoint_every", INT, 1, None, True),
+    ("train.keep_checkpoints", INT, 1, None, True),
+    ("train.keep_every", INT, 0, None, True),
     ("train.max_bad_steps", INT, 1, None, True),
     ("data.max_length", INT, 2, None, True),
     ("data.max_images_per_sample", INT, 0, None, True),
