@@ -349,24 +349,27 @@ def assert_losses_after(resumed: "Run", reference: "Run", first: int) -> None:
   np.testing.assert_allclose([actual[s] for s in steps], [expected[s] for s in steps], rtol=1e-5, atol=0)
 
 
-def test_sigterm_on_two_processes_and_elastic_resume(root, inputs, two_processes):
-  """SIGTERM reaches process 0 only: both processes agree on step 3, checkpoint it
-  together and exit 143. The rerun on 2 processes ends bit-equal to the uninterrupted
-  2-process run; the same checkpoint resumed by 1 process of 8 devices continues with
-  that run's losses (the samples of a step do not depend on the process count)."""
+@pytest.mark.parametrize("name, status", [("TERM", SIGTERM_STATUS), ("INT", SIGINT_STATUS)])
+def test_signal_on_two_processes_and_elastic_resume(root, inputs, two_processes, name, status):
+  """SIG{TERM,INT} reaches process 0 only: both processes agree on step 3, checkpoint it
+  together and exit with 128 + the signal. The rerun on 2 processes ends bit-equal to the
+  uninterrupted 2-process run; the same checkpoint resumed by 1 process of 8 devices
+  continues with that run's losses (the samples of a step do not depend on the process
+  count)."""
   port = free_port()
   env = lambda i: {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}
-  runs = [Run(root, inputs, "two_sigterm", devices=4, log_suffix=f".{i}", **MESH_2X2X2, env=env(i),
-              flags=["--signal-after-step", "3"] if i == 0 else [])
+  workdir = f"two_sig{name.lower()}"
+  runs = [Run(root, inputs, workdir, devices=4, log_suffix=f".{i}", **MESH_2X2X2, env=env(i),
+              flags=["--signal-after-step", "3", "--signal", name] if i == 0 else [])
           for i in range(2)]
-  finish_together(runs, status=SIGTERM_STATUS)
+  finish_together(runs, status=status)
   assert runs[0].finished_checkpoints() == [2, 3]
-  assert all("stopped by SIGTERM after step 3" in r.log() for r in runs)
-  one = Run(root, inputs, copied(root, runs[0], "two_to_one"), devices=8, **MESH_2X2X2).finish()
+  assert all(f"stopped by SIG{name} after step 3" in r.log() for r in runs)
+  one = Run(root, inputs, copied(root, runs[0], f"{workdir}_to_one"), devices=8, **MESH_2X2X2).finish()
   assert "resumed from step 3" in one.log()
   assert_losses_after(one, two_processes[0], 4)
   port = free_port()
-  again = [Run(root, inputs, "two_sigterm", devices=4, log_suffix=f".resumed.{i}", **MESH_2X2X2, env=env(i))
+  again = [Run(root, inputs, workdir, devices=4, log_suffix=f".resumed.{i}", **MESH_2X2X2, env=env(i))
            for i in range(2)]
   finish_together(again)
   assert again[0].losses() == two_processes[0].losses()

@@ -9,6 +9,9 @@ import time
 
 import pytest
 
+from visregion_jax.convert.gguf_file import SMOLLM2_ALIAS, resolve_model_path
+from visregion_jax.convert.gguf_metadata import block_count
+from visregion_jax.errors import VisRegionError
 from visregion_jax.train.__main__ import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,3 +76,18 @@ def test_bad_config_fails_fast_through_the_command_line(tmp_path):
                         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode == 2 and proc.stderr.startswith("error: region.fraction"), proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1 and not workdir.exists()
+
+
+def test_gguf_depth_from_the_header_alone(tmp_path):
+  """Validation reads a GGUF's block count from its header (milliseconds, where the full
+  reader takes seconds); gguf's own reader is the reference."""
+  import gguf  # pylint: disable=import-outside-toplevel
+
+  path = resolve_model_path(SMOLLM2_ALIAS)
+  field = gguf.GGUFReader(path).fields["llama.block_count"]
+  assert block_count(path) == int(field.parts[field.data[0]][0]) == 30
+  truncated = tmp_path / "cut.gguf"
+  with open(path, "rb") as f:
+    truncated.write_bytes(f.read(64))  # ends before the keys
+  with pytest.raises(VisRegionError, match="ends early"):
+    block_count(str(truncated))

@@ -15,6 +15,7 @@ import jax
 
 from visregion_jax import model_spec, sharding
 from visregion_jax.convert.gguf_file import resolve_model_path
+from visregion_jax.convert.gguf_metadata import block_count
 from visregion_jax.data.templates import TEMPLATES
 from visregion_jax.errors import VisRegionError
 from visregion_jax.models.projector import projector_depth
@@ -139,8 +140,12 @@ def check_workdir(workdir: str) -> None:
 
 
 def model_depth(config, provided: set) -> int:
-  """Decoder layers of the model `model.init_from` names, from its config alone."""
+  """Decoder layers of the model `model.init_from` names, from its config alone (a GGUF
+  file's header, or config.json)."""
   m = config.model
+  path = resolve_model_path(m.init_from)
+  if path.endswith(".gguf") and os.path.isfile(path):
+    return block_count(path)
   where, spec = model_spec.describe(config) if "model.vision_tower" not in provided else \
       model_spec.describe(_without_tower(config))
   if "llava" in spec:
