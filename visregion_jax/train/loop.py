@@ -26,7 +26,6 @@ from visregion_jax.data.from_config import data_config_for, open_source
 from visregion_jax.errors import Interrupted, VisRegionError
 from visregion_jax.evaluation import evaluate
 from visregion_jax.publish import write_file_atomically
-from visregion_jax.train.batching import check_batch
 from visregion_jax.train.builder import build_model, fingerprint
 from visregion_jax.train.checkpoint import TrainCheckpoints
 from visregion_jax.train.preemption import StopSignals
@@ -46,7 +45,6 @@ class Trainer:
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
     self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    check_batch(config.train, self.mesh)
     model, self.plan = build_model(config, workdir)
     self.num_layers = len(model.layers)
     self.base_fingerprint = fingerprint(model, self.plan)
