@@ -10,6 +10,7 @@ the llava-hf model the weights came from, or PEFT's own merge_and_unload.
 import copy
 import json
 import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 import torch
 import transformers
 from conftest import hf_logits, random_llava_model, tiny_llama_config
+from consumer_check import check_transformers_path
 from safetensors.numpy import load_file
 from safetensors.torch import save_file
 from test_convert_errors import assert_one_error_line
@@ -305,6 +307,28 @@ def test_cli_lora_run_to_llava_hf_adds_image_token(llama, tmp_path, capsys):
   ids, mask, pixels = batch_with_images(hf, np.random.RandomState(5), (1, 2))
   ids[ids == IMAGE_TOKEN] = 128
   assert_close(hf_llava_logits(loaded, ids, mask, pixels), ours_logits(ours, ids, mask, pixels), mask)
+
+
+@pytest.mark.parametrize("aspect", ["pad", "square"])
+def test_converted_export_answers_through_transformers_processor(llama, tmp_path, aspect):
+  """With its tokenizer beside it, an original checkpoint's export has LLaVA-1.5's
+  processor: vicuna_v1 prompts, the tower's image processor, padding as
+  image_aspect_ratio says."""
+  hf, src, vision, _ = llama
+  original = tmp_path / "llava"
+  shutil.copytree(src, original)
+  d = json.loads((original / "config.json").read_text())
+  (original / "config.json").write_text(json.dumps({**d, "image_aspect_ratio": aspect}))
+  tiny_tokenizer().save_pretrained(original)
+  out = str(tmp_path / "llava_hf")
+  assert main(["to-hf", "--src", str(original), "--vision-tower", vision, "--dst", out]) == 0
+  processor = transformers.AutoProcessor.from_pretrained(out)
+  assert processor.image_processor.do_pad == (aspect == "pad")
+  prompt = processor.apply_chat_template(
+      [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "w5 w6"}]}],
+      add_generation_prompt=True, tokenize=False)
+  assert prompt.endswith("USER: <image>\nw5 w6 ASSISTANT:") and prompt.startswith("A chat between")
+  check_transformers_path(out)
 
 
 def test_cli_from_hf_orbax_checkpoint_then_to_hf(llama, tmp_path, capsys):

@@ -19,6 +19,7 @@ import pytest
 import torch
 import train_fixtures
 import transformers
+from consumer_check import check_transformers_path
 from PIL import Image
 
 from visregion_jax import convert, plots, prune
@@ -164,6 +165,10 @@ def test_export_is_the_original_without_the_removed_layers(runs, k):
   report = read(workdir, "report.json")
   assert report["before"]["num_params"] == sum(p.numel() for p in before.parameters())
   assert report["after"]["num_params"] == sum(p.numel() for p in after.parameters())
+
+
+def test_pruned_export_answers_through_transformers_processor(runs):
+  check_transformers_path(os.path.join(runs[2][0], "prune", "hf"))
 
 
 def report_table(workdir) -> list:

@@ -11,7 +11,10 @@ directory's config.json (with the mm_* keys) describes the model, as LLaVA's
 load_pretrained_model reads them.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 from typing import Optional
 
 from visregion_jax.convert import hf_config, tensor_files, tokenizer
@@ -36,8 +39,10 @@ from visregion_jax.convert.params import (
   same_name,
 )
 from visregion_jax.convert.peft_adapter import LoraMergedSource
+from visregion_jax.convert.processor import write_processor
 from visregion_jax.convert.tables import DECODER_TABLES
 from visregion_jax.convert.vision_tables import VISION_TABLES
+from visregion_jax.data.from_config import image_processor_config
 from visregion_jax.errors import VisRegionError
 from visregion_jax.models.lvlm import LVLM, LVLMConfig, abstract_lvlm
 from visregion_jax.models.projector import projector_depth
@@ -127,9 +132,22 @@ def _load(config: LVLMConfig, source, vision_dir: str, param_dtype: Optional[str
   return merge_params(abstract, values)
 
 
+def _processor_dir(tokenizer_dir: str, config: LVLMConfig, vision_dir: str, d: dict, template: str) -> str:
+  """A directory, living as long as the process, with the converted model's processor:
+  the tokenizer (with `<image>`), the tower's image processor after LLaVA's padding when
+  the checkpoint trained with `image_aspect_ratio: pad`, and the chat template."""
+  out = tempfile.mkdtemp(prefix="visregion_processor_")
+  atexit.register(shutil.rmtree, out, ignore_errors=True)
+  write_processor(out, tokenizer.load_tokenizer(tokenizer_dir), config,
+                  image_processor_config(config.vision, vision_dir),
+                  pad_to_square=d.get("image_aspect_ratio") == "pad", template=template)
+  return out
+
+
 def from_llava_original(path: str, *, vision_tower: Optional[str] = None,
                         adapter: Optional[str] = None, image_token_id: Optional[int] = None,
-                        dtype: Optional[str] = None, param_dtype: Optional[str] = None) -> LVLM:
+                        dtype: Optional[str] = None, param_dtype: Optional[str] = None,
+                        template: str = "vicuna_v1") -> LVLM:
   """An original LLaVA-1.5 / Bunny checkpoint directory, plus a LoRA adapter -> an LVLM.
 
   `vision_tower` is the CLIP / SigLIP HF directory that mm_vision_tower names (default:
@@ -138,7 +156,9 @@ def from_llava_original(path: str, *, vision_tower: Optional[str] = None,
   vocabulary id that marks image features; without it the tokenizer's `<image>` is
   used, or one is added (vocabulary + 1; see `image_token`). `dtype` is the compute
   dtype (default: fp32 on CPU, bf16 on accelerators); `param_dtype` casts the weights
-  (default: keep the stored dtype).
+  (default: keep the stored dtype). `template` is the conversation format the checkpoint
+  was trained with (templates.py; LLaVA-1.5's `conv_vicuna_v1` and Bunny's `conv_bunny`
+  are both "vicuna_v1"), which its export's chat template spells out.
   """
   path = str(path)
   adapter = str(adapter) if adapter is not None else None
@@ -165,4 +185,7 @@ def from_llava_original(path: str, *, vision_tower: Optional[str] = None,
     text = text.replace(vocab_size=token + 1, source=tokenizer_dir)
   config = LVLMConfig(text=text, vision=vision, image_token_id=token, projector_type=kind,
                       projector_bias=True, feature_layers=(layer,), feature_strategy=strategy)
+  if tokenizer.has_tokenizer(tokenizer_dir):
+    processor_dir = _processor_dir(tokenizer_dir, config, vision_dir, d, template)
+    config = config.replace(text=config.text.replace(source=processor_dir))
   return _load(config, source, vision_dir, param_dtype)

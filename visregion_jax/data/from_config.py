@@ -8,13 +8,13 @@ from visregion_jax.data import image_processing, pipeline, sources
 from visregion_jax.models.lvlm import LVLM
 
 
-def image_processor_config(model, tower_dir: str) -> image_processing.ImageProcessorConfig:
-  """The tower's preprocessor_config.json when present, else its size with CLIP/SigLIP stats."""
+def image_processor_config(vision, tower_dir: str) -> image_processing.ImageProcessorConfig:
+  """The tower's preprocessor_config.json when present, else the size of `vision` (a
+  VisionConfig) with CLIP/SigLIP stats."""
   path = os.path.join(tower_dir, "preprocessor_config.json") if tower_dir else ""
   if path and os.path.isfile(path):
     with open(path, encoding="utf-8") as f:
       return image_processing.ImageProcessorConfig.from_hf_dict(json.load(f), path)
-  vision = model.config.vision
   if vision.kind == "clip":
     base = image_processing.ImageProcessorConfig.clip_336()
     return image_processing.ImageProcessorConfig(
@@ -33,7 +33,7 @@ def data_config_for(config, model, tokenizer, tower_dir: str) -> pipeline.DataCo
       template=d.template, max_length=d.max_length, global_batch_size=config.train.batch_size,
       image_token_id=model.config.image_token_id if is_lvlm else -1,
       num_image_tokens=model.config.num_image_tokens if is_lvlm else 0,
-      image=image_processor_config(model, tower_dir) if is_lvlm else image_processing.ImageProcessorConfig.clip_336(),
+      image=image_processor_config(model.config.vision, tower_dir) if is_lvlm else image_processing.ImageProcessorConfig.clip_336(),
       pad_token_id=int(pad or 0), pad_to_square=d.pad_to_square,
       max_images_per_sample=d.max_images_per_sample, buckets=tuple(d.buckets),
       num_workers=d.num_workers, seed=config.seed, num_epochs=d.get("num_epochs"))

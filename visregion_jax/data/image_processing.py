@@ -30,6 +30,9 @@ _RESAMPLE_FILTERS = frozenset(int(f) for f in Image.Resampling)
 _HF_NAMES = {"clip": "CLIPImageProcessor", "siglip": "SiglipImageProcessor"}
 _HF_KINDS = {"CLIPImageProcessor": "clip", "CLIPFeatureExtractor": "clip",
              "SiglipImageProcessor": "siglip"}
+# llava-hf's processor: CLIP's steps plus LLaVA's pad-to-square (`do_pad`); with a
+# {"height", "width"} size and no crop it runs SigLIP's steps.
+_LLAVA = "LlavaImageProcessor"
 # transformers' class defaults, which it also applies to keys that are absent or null.
 _HF_DEFAULTS = {
     "clip": {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224},
@@ -115,29 +118,31 @@ class ImageProcessorConfig:
 
   @classmethod
   def from_hf_dict(cls, d: Mapping, where: str) -> "ImageProcessorConfig":
-    """Reads a `preprocessor_config.json`; absent or null keys take transformers' defaults.
+    """Reads a `preprocessor_config.json` (or a processor_config.json's "image_processor");
+    absent or null keys take transformers' defaults.
 
-    "...Fast" processor names are read as their PIL twins: same settings, and our
-    pixels are the PIL processor's.
-
-    Steps we do not run (`do_pad`, ...) must be off and the ones we always run on, so
-    a config never silently means something else here than in transformers.
+    "...Fast" / "...Pil" processor names are read as their PIL twins: same settings, and
+    our pixels are the PIL processor's. Steps we do not run must be off and the ones we
+    always run on, so a config never silently means something else here than in
+    transformers; LlavaImageProcessor's `do_pad` is LLaVA's pad-to-square, read by
+    `hf_pads_to_square`.
     """
     if not isinstance(d, Mapping):
       raise VisRegionError(where, "expected a preprocessor_config.json mapping")
     name = d.get("image_processor_type") or d.get("feature_extractor_type")
-    kind = _HF_KINDS.get(name.removesuffix("Fast")) if isinstance(name, str) else None
+    name = name.removesuffix("Fast").removesuffix("Pil") if isinstance(name, str) else None
+    kind = _llava_kind(d) if name == _LLAVA else _HF_KINDS.get(name)
     if kind is None:
       raise VisRegionError(f"{where}: image_processor_type",
-                           f"expected {' or '.join(_HF_KINDS)}, got {name!r}")
+                           f"expected {' or '.join((*_HF_KINDS, _LLAVA))}, got {name!r}")
     d = {**_HF_DEFAULTS[kind], "rescale_factor": 1 / 255, "resample": int(Image.Resampling.BICUBIC),
          **{k: v for k, v in d.items() if v is not None}}
     wanted = {**dict.fromkeys(_HF_ALWAYS_ON, True), "do_center_crop": kind == "clip"}
     for key, value in d.items():
       want = wanted.get(key, False)
-      if key.startswith("do_") and bool(value) != want:
+      if key.startswith("do_") and bool(value) != want and not (key == "do_pad" and name == _LLAVA):
         raise VisRegionError(f"{where}: {key}", f"expected {str(want).lower()} for "
-                             f"{_HF_NAMES[kind]} here, got {value!r}")
+                             f"{name if name == _LLAVA else _HF_NAMES[kind]} here, got {value!r}")
     if kind == "clip":
       size = _hf_edge(d["size"], ("shortest_edge",), f"{where}: size")
       crop_size = _hf_edge(d["crop_size"], ("height", "width"), f"{where}: crop_size")
@@ -149,9 +154,14 @@ class ImageProcessorConfig:
                image_std=d["image_std"], rescale_factor=d["rescale_factor"],
                resample=d["resample"], where=where)
 
-  def to_hf_dict(self) -> dict:
-    """The `preprocessor_config.json` transformers writes for this preprocessing."""
-    d = {"image_processor_type": _HF_NAMES[self.kind], "do_convert_rgb": True, "do_resize": True,
+  def to_hf_dict(self, pad_to_square: bool | None = None) -> dict:
+    """The `preprocessor_config.json` transformers writes for this preprocessing.
+
+    With `pad_to_square` set, llava-hf's LlavaImageProcessor (what LlavaProcessor loads)
+    with LLaVA's padding on or off; else the tower's own CLIP / SigLIP processor.
+    """
+    name = _HF_NAMES[self.kind] if pad_to_square is None else _LLAVA
+    d = {"image_processor_type": name, "do_convert_rgb": True, "do_resize": True,
          "resample": int(self.resample), "do_rescale": True, "rescale_factor": self.rescale_factor,
          "do_normalize": True, "image_mean": list(self.image_mean),
          "image_std": list(self.image_std)}
@@ -160,7 +170,24 @@ class ImageProcessorConfig:
                crop_size={"height": self.crop_size, "width": self.crop_size})
     else:
       d["size"] = {"height": self.size, "width": self.size}
+      if pad_to_square is not None:
+        d["do_center_crop"] = False
+    if pad_to_square is not None:
+      d["do_pad"] = bool(pad_to_square)
     return d
+
+
+def hf_pads_to_square(d: Mapping) -> bool:
+  """Whether an image processor config pads to square first (LlavaImageProcessor's `do_pad`)."""
+  name = d.get("image_processor_type") or ""
+  return name.removesuffix("Fast").removesuffix("Pil") == _LLAVA and bool(d.get("do_pad"))
+
+
+def _llava_kind(d: Mapping) -> str:
+  """LlavaImageProcessor runs CLIP's steps, or SigLIP's for a square size and no crop."""
+  size = d.get("size")
+  square = isinstance(size, Mapping) and set(size) == {"height", "width"}
+  return "siglip" if square and d.get("do_center_crop") is False else "clip"
 
 
 def _hf_edge(value, keys: tuple[str, ...], where: str, allow_int: bool = True) -> int:

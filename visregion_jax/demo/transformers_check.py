@@ -1,19 +1,24 @@
 """transformers answers held-out questions with the exported llava-hf model.
 
-The demo's last step: the proof that the export is a working HF model, not just
-tensors. Each prompt is built by our tokenization (same template, same image
-expansion) and our preprocessing; transformers' greedy answer is compared with the
-JAX model's greedy answer to the same prompt (they should agree everywhere) and with
-the reference answer.
+The demo's last step, taken the way a transformers user takes it: `AutoProcessor` on
+the export, `apply_chat_template` with a content list holding the image,
+`processor(images=, text=)` and `LlavaForConditionalGeneration.generate` (greedy).
+Nothing of ours builds those inputs, so a processor file, chat template or image
+setting the export gets wrong shows up here. Each answer is compared with the JAX
+model's greedy answer to the same question (built by our own prompt code; they should
+agree everywhere) and with the reference answer.
 """
 
-import numpy as np
+import io
 
+from PIL import Image
+
+from visregion_jax.convert.processor import read_image_processor
+from visregion_jax.data import skip
 from visregion_jax.data.from_config import open_source
-from visregion_jax.data.pipeline import SampleLoader
-from visregion_jax.data.tokenize import IGNORE_INDEX
 from visregion_jax.evaluation import answer_matches
 from visregion_jax.generate import generate
+from visregion_jax.generate.prompts import encode_chat
 
 NUM_QUESTIONS = 8
 
@@ -24,36 +29,60 @@ def _until_eos(tokens, eos_ids) -> list:
   return tokens[:ends[0] + 1] if ends else tokens
 
 
-def compare_with_transformers(config, results: dict, num_questions: int = NUM_QUESTIONS) -> dict:
-  """{"count", "agree", "correct", "examples"} over the first held-out questions (at
-  most `eval.num_samples`): `agree` counts token-identical answers."""
+def _questions(config, count: int) -> list:
+  """(question text, images, reference answer) of the first readable held-out samples."""
+  source, out = open_source(config.data, "eval"), []
+  for index in range(len(source)):
+    if len(out) == count:
+      break
+    try:
+      sample = source[index]
+    except skip.SkipSample:
+      continue
+    turns = sample["conversations"]
+    images = [Image.open(io.BytesIO(data)).convert("RGB") for data in sample["images"]]
+    out.append((turns[0]["value"].replace("<image>", "").strip(), images, turns[-1]["value"]))
+  return out
+
+
+def _transformers_tokens(hf_dir: str, questions: list, max_new_tokens: int) -> list:
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
-  hf_model = transformers.LlavaForConditionalGeneration.from_pretrained(results["hf_dir"]).eval()
+  processor = transformers.AutoProcessor.from_pretrained(hf_dir)
+  model = transformers.LlavaForConditionalGeneration.from_pretrained(hf_dir).eval()
+  tokens = []
+  for question, images, _ in questions:
+    content = [{"type": "image"}] * len(images) + [{"type": "text", "text": question}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                           tokenize=False)
+    inputs = processor(images=images or None, text=prompt, return_tensors="pt")
+    with torch.no_grad():
+      out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
+    tokens.append(out[0, inputs["input_ids"].shape[1]:].tolist())
+  return tokens
+
+
+def compare_with_transformers(config, results: dict, num_questions: int = NUM_QUESTIONS) -> dict:
+  """{"count", "agree", "correct", "examples"} over the first held-out questions (at
+  most `eval.num_samples`): `agree` counts token-identical answers, `correct` those of
+  transformers that match the reference."""
   tokenizer, model = results["tokenizer"], results["model"]
   model.eval()
-  source = open_source(config.data, "eval")
-  loader = SampleLoader(source, tokenizer, results["data_config"])
-  out = {"count": 0, "agree": 0, "correct": 0, "examples": []}
+  questions = _questions(config, min(num_questions, config.eval.num_samples))
+  max_new = config.eval.max_new_tokens
+  hf_tokens = _transformers_tokens(results["hf_dir"], questions, max_new)
+  image_processor, pad = read_image_processor(model.config.source)
+  inputs = encode_chat(tokenizer, [q for q, _, _ in questions], [im for _, im, _ in questions],
+                       image_token_id=model.config.image_token_id, num_image_tokens=model.config.num_image_tokens,
+                       image_processor=image_processor, pad_to_square=pad)
+  ours = generate(model, inputs.pop("input_ids"), inputs.pop("attention_mask"), max_new_tokens=max_new, **inputs)
   eos_ids = set(model.config.eos_token_ids)
-  for index in range(min(num_questions, config.eval.num_samples, len(source))):
-    loaded = loader(index)
-    if "skip" in loaded:
-      continue
-    prompt = loaded["input_ids"][:np.flatnonzero(loaded["labels"] != IGNORE_INDEX)[0]]
-    with torch.no_grad():
-      hf_tokens = hf_model.generate(input_ids=torch.tensor(prompt[None].astype(np.int64)),
-                                    pixel_values=torch.tensor(loaded["pixel_values"].transpose(0, 3, 1, 2)),
-                                    do_sample=False, max_new_tokens=config.eval.max_new_tokens)[0, len(prompt):]
-    ours = generate(model, prompt[None], max_new_tokens=config.eval.max_new_tokens,
-                    pixel_values=loaded["pixel_values"])[0]
-    hf_answer = tokenizer.decode(hf_tokens, skip_special_tokens=True).strip()
-    our_answer = tokenizer.decode(ours, skip_special_tokens=True).strip()
-    reference = source[index]["conversations"][-1]["value"]
-    out["count"] += 1
-    out["agree"] += _until_eos(hf_tokens.tolist(), eos_ids) == _until_eos(ours, eos_ids)
+  out = {"count": len(questions), "agree": 0, "correct": 0, "examples": []}
+  for (question, _, reference), theirs, mine in zip(questions, hf_tokens, ours):
+    hf_answer = tokenizer.decode(theirs, skip_special_tokens=True).strip()
+    out["agree"] += _until_eos(theirs, eos_ids) == _until_eos(mine, eos_ids)
     out["correct"] += answer_matches(hf_answer, reference)
     if len(out["examples"]) < 3:
-      out["examples"].append({"question": source[index]["conversations"][0]["value"].replace("<image>", "").strip(),
-                              "reference": reference, "transformers": hf_answer, "jax": our_answer})
+      out["examples"].append({"question": question, "reference": reference, "transformers": hf_answer,
+                              "jax": tokenizer.decode(mine, skip_special_tokens=True).strip()})
   return out

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from visregion_jax.errors import VisRegionError
+from visregion_jax.generate.prompts import encode_chat
 
 
 def _sample(logits: jnp.ndarray, rng, temperature: float, top_p: float) -> jnp.ndarray:
@@ -89,13 +90,13 @@ def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int = 32,
   return np.asarray(tokens)
 
 
-def chat(model, tokenizer, prompts: Sequence[str], **kwargs) -> list:
-  """Answers each prompt through the tokenizer's chat template; returns the decoded replies."""
-  texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                         add_generation_prompt=True) for p in prompts]
-  tokenizer.padding_side = "left"
-  if tokenizer.pad_token is None:
-    tokenizer.pad_token = tokenizer.eos_token
-  enc = tokenizer(texts, return_tensors="np", padding=True, add_special_tokens=False)
-  tokens = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs)
+def chat(model, tokenizer, prompts: Sequence[str], images: Optional[Sequence[Sequence]] = None, *,
+         image_processor=None, pad_to_square: bool = True, **kwargs) -> list:
+  """Answers each prompt (about its images, for an LVLM) through the tokenizer's chat
+  template; returns the decoded replies. See prompts.encode_chat for `images`."""
+  vision = getattr(model.config, "vision", None) is not None
+  inputs = encode_chat(tokenizer, prompts, images, image_processor=image_processor, pad_to_square=pad_to_square,
+                       image_token_id=model.config.image_token_id if vision else -1,
+                       num_image_tokens=model.config.num_image_tokens if vision else 0)
+  tokens = generate(model, inputs.pop("input_ids"), inputs.pop("attention_mask"), **inputs, **kwargs)
   return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]

@@ -19,7 +19,9 @@ from flax import nnx
 from visregion_jax.convert import from_hf, tokenizer
 from visregion_jax.convert.image_token import tokenizer_with_image_token
 from visregion_jax.convert.params import default_compute_dtype, merge_params, model_params
+from visregion_jax.convert.processor import write_processor
 from visregion_jax.convert.vision import vision_tower_from_hf
+from visregion_jax.data.from_config import image_processor_config
 from visregion_jax.model_spec import joined_lvlm_config
 from visregion_jax.models.llama import Decoder
 from visregion_jax.models.lvlm import LVLM, abstract_lvlm
@@ -39,18 +41,23 @@ def with_image_row(decoder: Decoder) -> dict:
   return params
 
 
-def compose_lvlm(decoder: Decoder, tower_dir: str, model_config, workdir: str, seed: int) -> LVLM:
+def compose_lvlm(decoder: Decoder, tower_dir: str, config, workdir: str) -> LVLM:
+  """The decoder joined with the tower of `tower_dir` and a new projector; its
+  tokenizer directory (`workdir/tokenizer`) is the LVLM's whole processor: `<image>`,
+  the image processor and the chat template the run trains with (convert/processor.py)."""
   tower = vision_tower_from_hf(tower_dir, dtype=decoder.config.dtype)
-  config = joined_lvlm_config(decoder.config, tower.config, model_config)
+  lvlm_config = joined_lvlm_config(decoder.config, tower.config, config.model)
   tokenizer_dir = os.path.join(workdir, "tokenizer")
   if tokenizer.has_tokenizer(decoder.config.source):
-    tokenizer_with_image_token(decoder.config.source, config.image_token_id, out=tokenizer_dir)
-    for name in ("preprocessor_config.json",):
-      src = os.path.join(tower_dir, name)
-      if os.path.isfile(src):
-        with open(src, "rb") as f, open(os.path.join(tokenizer_dir, name), "wb") as g:
-          g.write(f.read())
-    config = config.replace(text=config.text.replace(source=tokenizer_dir))
+    tokenizer_with_image_token(decoder.config.source, lvlm_config.image_token_id, out=tokenizer_dir)
+    write_processor(tokenizer_dir, tokenizer.load_tokenizer(tokenizer_dir), lvlm_config,
+                    image_processor_config(tower.config, tower_dir), pad_to_square=config.data.pad_to_square,
+                    template=config.data.template)
+    lvlm_config = lvlm_config.replace(text=lvlm_config.text.replace(source=tokenizer_dir))
+  return _joined(decoder, tower, lvlm_config, config.seed)
+
+
+def _joined(decoder: Decoder, tower, config, seed: int) -> LVLM:
   text_config = config.text
   projector = Projector(config.projector_type, tower.config.hidden_size * len(config.feature_layers),
                         text_config.hidden_size, dtype=text_config.compute_dtype,
@@ -67,7 +74,7 @@ def build_model(config, workdir: str) -> tuple:
   dtype = m.get("dtype") or default_compute_dtype()
   model = from_hf(m.init_from, dtype=dtype)
   if isinstance(model, Decoder) and m.get("vision_tower"):
-    model = compose_lvlm(model, m.vision_tower, m, workdir, config.seed)
+    model = compose_lvlm(model, m.vision_tower, config, workdir)
   plan = TrainingPlan.from_config(config, len(model.layers))
   plan.prepare(model, config.seed)
   if m.get("remat"):
