@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import skimage.data
 import train_fixtures
-from consumer_check import check_transformers_path
+from consumer_check import check_transformers_path, question_images, transformers_answers
+from PIL import Image
+from test_convert_errors import assert_one_error_line
 from transformers import LlavaImageProcessorPil
 
 from visregion_jax.config import load_config
@@ -17,6 +19,7 @@ from visregion_jax.convert.gguf_file import SMOLLM2_ALIAS, resolve_model_path
 from visregion_jax.data.chat_jinja import chat_template_jinja
 from visregion_jax.data.image_processing import ImageProcessorConfig, preprocess
 from visregion_jax.data.templates import TEMPLATES
+from visregion_jax.generate.__main__ import main as generate_main
 from visregion_jax.train import loop as train
 
 CONVERSATION = [("user", "<image>\nWhat digit is this?"), ("assistant", "Seven."),
@@ -94,3 +97,40 @@ def test_training_export_answers_through_transformers_processor(trained):
                "generation_config.json", "tokenizer.json"):
     assert os.path.isfile(os.path.join(hf_dir, name)), name
   check_transformers_path(hf_dir)
+
+
+def test_generate_command_answers_about_images_as_transformers_does(trained, tmp_path, capsys):
+  hf_dir = os.path.join(trained, "hf")
+  images = question_images(2, seed=4)
+  paths = []
+  for i, image in enumerate(images):
+    paths.append(str(tmp_path / f"picture{i}.png"))
+    Image.fromarray(image).save(paths[-1])
+  questions = ["What is this?", "Which colour dominates?"]
+  _, _, hf_tokens = transformers_answers(hf_dir, images, questions, max_new_tokens=5)
+  tokenizer = load_tokenizer(hf_dir)
+  argv = ["--model", hf_dir, "--max-new-tokens", "5"]
+  assert generate_main(argv + ["--image", paths[0], "--image", paths[1]] + questions) == 0
+  printed = capsys.readouterr().out
+  for path, question, tokens in zip(paths, questions, hf_tokens):
+    answer = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    assert f"> [{path}] {question}\n{answer}\n" in printed
+
+
+@pytest.mark.parametrize("case", ["missing", "not_an_image", "count", "text_decoder"])
+def test_generate_command_bad_images(case, tmp_path, capsys):
+  """Image errors come before the model loads: a model path that does not exist is never read."""
+  good, bad = tmp_path / "ok.png", tmp_path / "bad.png"
+  Image.fromarray(question_images(1)[0]).save(good)
+  bad.write_text("not a png")
+  model, needle = str(tmp_path / "no_model"), str(good)
+  args = {"missing": ["--image", str(tmp_path / "gone.png"), "q"],
+          "not_an_image": ["--image", str(bad), "q"],
+          "count": ["--image", str(good), "--image", str(good), "q1", "q2", "q3"],
+          "text_decoder": ["--image", str(good), "q"]}[case]
+  if case == "text_decoder":
+    model, needle = SMOLLM2_ALIAS, "--image"
+  else:
+    needle = {"missing": "gone.png", "not_an_image": "bad.png", "count": "--image"}[case]
+  rc = generate_main(["--model", model] + args)
+  assert_one_error_line(rc, capsys.readouterr().err, needle)
