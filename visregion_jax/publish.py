@@ -1,12 +1,13 @@
-"""Outputs published whole: a directory is either the previous complete output or the new
-complete one, never a mix or a partial write.
+"""Outputs published whole: a directory (or a single file, such as a GGUF) is either the
+previous complete output or the new complete one, never a mix or a partial write.
 
 The new output is written into a hidden sibling (`.NAME.partial-<pid>`, same
 filesystem), and only when it is complete does it take the destination's place: the
 old output is renamed aside, the new one renamed in, the old one deleted. A failure
 while writing (a full disk, a file-size limit, a crash) leaves the previous output
 untouched and the partial sibling removed; files beside the destination are never
-touched, and nothing of the old output survives inside the new one.
+touched, and nothing of the old output survives inside the new one. A single file
+needs no aside step: one rename replaces it.
 """
 
 import contextlib
@@ -51,9 +52,25 @@ def replace_directory(new: str, dest: str) -> None:
   shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def published_file(path: str):
+  """Yields a path beside `path` (same filesystem) to write one file to; on success it
+  replaces `path` at once, on failure it is removed and `path` is left as it was."""
+  path = os.path.abspath(path)
+  if os.path.isdir(path):
+    raise VisRegionError(path, "expected a file, found a directory")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  partial = _sibling(path, "partial")
+  try:
+    yield partial
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(partial)
+    raise
+  os.replace(partial, path)
+
+
 def write_file_atomically(path: str, text: str) -> None:
   """A small text file (a report, a JSON) written beside its place and renamed in."""
-  partial = _sibling(path, "partial")
-  with open(partial, "w", encoding="utf-8") as f:
+  with published_file(path) as partial, open(partial, "w", encoding="utf-8") as f:
     f.write(text)
-  os.replace(partial, path)
