@@ -134,7 +134,7 @@ def ggml_type(name: str, shape: tuple, tensor_type: str):
 
 def _add_metadata(writer, model: LVLM, layers: list) -> None:
   vision = model.config.vision
-  processor = image_processor_config(model, model.config.source)
+  processor = image_processor_config(model.config.vision, model.config.source)
   writer.add_clip_has_vision_encoder(True)
   writer.add_clip_projector_type(PROJECTOR_TYPE)
   writer.add_vision_image_size(vision.image_size)
