@@ -12,8 +12,11 @@ from visregion_jax.models.lvlm import LVLM
 
 
 def model_inputs(model, batch: dict) -> dict:
-  """What `model.forward` takes from a batch (an LVLM also gets the images)."""
+  """What `model.forward` takes from a batch (an LVLM also gets the images; packed rows
+  their segment ids)."""
   inputs = {"attention_mask": batch["attention_mask"]}
+  if "segment_ids" in batch:
+    inputs["segment_ids"] = batch["segment_ids"]
   if isinstance(model, LVLM):
     inputs.update(pixel_values=batch["pixel_values"], image_mask=batch["image_mask"])
   return inputs

@@ -65,18 +65,34 @@ class KVCache:
                valid=jnp.zeros((batch, length), bool), index=jnp.zeros((), jnp.int32))
 
 
-def make_attention_mask(query_slots, key_slots, key_valid, sliding_window: Optional[int]):
-  """Boolean [B, 1, T, S]: causal over slots, real keys only, optional sliding window.
+def make_attention_mask(query_slots, key_slots, key_valid, sliding_window: Optional[int],
+                        query_segments=None, key_segments=None):
+  """Boolean [B, 1, T, S]: causal over slots, real keys only, optional sliding window;
+  with segment ids [B, T] / [B, S] (packed rows) only keys of the query's own segment.
 
-  Real tokens occupy consecutive slots (padding is only on the left or right), so the
-  slot distance equals the position distance the sliding window is defined on.
+  Real tokens occupy consecutive slots (padding is only on the left or right, and a
+  packed sample is one contiguous run), so the slot distance equals the position
+  distance the sliding window is defined on.
   """
   q = query_slots[:, None]
   k = key_slots[None, :]
   allowed = k <= q
   if sliding_window is not None:
     allowed &= (q - k) < sliding_window
-  return (allowed[None] & key_valid[:, None, :])[:, None]
+  allowed = allowed[None] & key_valid[:, None, :]
+  if query_segments is not None:
+    allowed &= query_segments[:, :, None] == key_segments[:, None, :]
+  return allowed[:, None]
+
+
+def segment_positions(segment_ids: jnp.ndarray) -> jnp.ndarray:
+  """Positions that restart at 0 where each packed sample starts: [B, T] int32."""
+  t = segment_ids.shape[1]
+  slots = jnp.arange(t, dtype=jnp.int32)[None, :]
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  first = jax.lax.cummax(jnp.where(starts, slots, 0), axis=1)
+  return slots - first
 
 
 class Attention(nnx.Module):
@@ -202,6 +218,7 @@ class Decoder(nnx.Module):
               inputs_embeds: Optional[jnp.ndarray] = None,
               attention_mask: Optional[jnp.ndarray] = None,
               positions: Optional[jnp.ndarray] = None,
+              segment_ids: Optional[jnp.ndarray] = None,
               cache: Optional[KVCache] = None,
               logits: str = "all",
               hidden_states: bool = False) -> DecoderOutput:
@@ -209,7 +226,9 @@ class Decoder(nnx.Module):
 
     attention_mask [B, T] (1 = real token) covers the new tokens; positions default to
     the count of real tokens before each one, so a left-padded prompt is the same
-    computation as the unpadded one. With `cache`, the new tokens are written at
+    computation as the unpadded one. `segment_ids` [B, T] (packed rows: 1..n per
+    sample, 0 = padding) confine attention to each sample and make positions restart
+    per sample, so each sample computes as it would alone. With `cache`, the new tokens are written at
     `cache.index` and attend to everything cached before them. `logits` is "all",
     "last" (decoding) or "none" (layer scoring, which needs only hidden states).
     """
@@ -219,6 +238,13 @@ class Decoder(nnx.Module):
     x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.compute_dtype)
     b, t, _ = x.shape
     new_valid = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
+    if segment_ids is not None:
+      if cache is not None:
+        raise VisRegionError("segment_ids", "expected no KV cache with packed rows (decoding is unpacked)")
+      segment_ids = jnp.asarray(segment_ids, jnp.int32)
+      new_valid &= segment_ids > 0
+      if positions is None:
+        positions = segment_positions(segment_ids)
     if positions is None:
       positions = jnp.maximum(jnp.cumsum(new_valid, axis=1) - 1, 0)
       if cache is not None:
@@ -234,7 +260,7 @@ class Decoder(nnx.Module):
       key_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, new_valid, index, axis=1)
       query_slots = index + jnp.arange(t)
       key_slots = jnp.arange(cache.valid.shape[1])
-    mask = make_attention_mask(query_slots, key_slots, key_valid, cfg.sliding_window)
+    mask = make_attention_mask(query_slots, key_slots, key_valid, cfg.sliding_window, segment_ids, segment_ids)
 
     run = _run_layer_rematerialized if cfg.remat and cache is None else _run_layer
     states = [x] if hidden_states else None

@@ -118,13 +118,16 @@ class LVLM(nnx.Module):
 
   def forward(self, input_ids: jnp.ndarray, *, pixel_values: Optional[jnp.ndarray] = None,
               image_mask: Optional[jnp.ndarray] = None, attention_mask: Optional[jnp.ndarray] = None,
-              positions: Optional[jnp.ndarray] = None, cache: Optional[KVCache] = None,
+              positions: Optional[jnp.ndarray] = None, segment_ids: Optional[jnp.ndarray] = None,
+              cache: Optional[KVCache] = None,
               logits: str = "all", hidden_states: bool = False) -> DecoderOutput:
     """As Decoder.forward; `pixel_values` float [N, H, W, 3], already normalized, with an
-    optional `image_mask` [N] marking real images (in token order; padding between them)."""
+    optional `image_mask` [N] marking real images (in token order; padding between them).
+    In a packed row (`segment_ids`) each sample's images come in its own token order, so
+    every sample's features land on its own image tokens."""
     return self.language_model.forward(
         inputs_embeds=self.embed(input_ids, pixel_values, image_mask), attention_mask=attention_mask,
-        positions=positions, cache=cache, logits=logits, hidden_states=hidden_states)
+        positions=positions, segment_ids=segment_ids, cache=cache, logits=logits, hidden_states=hidden_states)
 
   def init_cache(self, batch: int, length: int) -> KVCache:
     return self.language_model.init_cache(batch, length)
