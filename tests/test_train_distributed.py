@@ -31,6 +31,7 @@ SCRIPT = os.path.join(TESTS, "run_tiny_training.py")
 STEPS = 6
 CHECKPOINT_EVERY = 2
 MESH_2X2X2 = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
+PACKED = {"data.packing": True, "data.pack_window": 24}  # windows end mid-run: resume crosses them
 RUN_TIMEOUT = 420   # seconds for one run; compiling the 2-process step on 2 cores takes ~2 min
 WAIT_TIMEOUT = 300  # seconds for a run to reach the point where a test kills it
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -176,6 +177,9 @@ REFERENCE_RUNS = {
     "eight_devices": lambda root, inputs: [Run(root, inputs, "eight_devices", devices=8, **MESH_2X2X2,
                                                **{"eval.at_end": True})],
     "two_processes": two_process_runs,
+    "packed_one_device": lambda root, inputs: [Run(root, inputs, "packed_one_device", **PACKED)],
+    "packed_eight_devices": lambda root, inputs: [Run(root, inputs, "packed_eight_devices", devices=8,
+                                                      **MESH_2X2X2, **PACKED)],
 }
 
 
@@ -228,6 +232,40 @@ def eight_devices(started):
 @pytest.fixture(scope="module")
 def two_processes(started):
   return finish_together(started["two_processes"])
+
+
+@pytest.fixture(scope="module")
+def packed_one_device(started):
+  return finish_together(started["packed_one_device"])[0]
+
+
+@pytest.fixture(scope="module")
+def packed_eight_devices(started):
+  return finish_together(started["packed_eight_devices"])[0]
+
+
+def test_packed_kill_resumes_bit_exactly(root, inputs, packed_one_device):
+  """Packed rows: SIGKILL after checkpoint 2; the rerun restores the packer's state from
+  the checkpoint (with batches prefetched ahead of the killed step) and ends bit-equal."""
+  marker = str(root / "packed_killed.marker")
+  run = Run(root, inputs, "packed_killed", flags=["--stall-after-step", "3", "--marker", marker], **PACKED)
+  try:
+    run.wait_for(lambda: os.path.exists(marker) and 2 in run.finished_checkpoints(),
+                 "committed checkpoint 2 with step 3 logged")
+  finally:
+    run.kill()
+  resumed = Run(root, inputs, "packed_killed", log_suffix=".resumed", **PACKED).finish()
+  assert "resumed from step 2" in resumed.log()
+  assert resumed.losses() == packed_one_device.losses()
+  assert_params_equal(resumed.params(), packed_one_device.params())
+  assert [r["skip_reasons"] for r in resumed.records()][-1] == packed_one_device.records()[-1]["skip_reasons"]
+
+
+def test_packed_eight_devices_match_one_device(packed_one_device, packed_eight_devices):
+  expected, actual = packed_one_device.losses(), packed_eight_devices.losses()
+  assert sorted(expected) == sorted(actual) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([actual[s] for s in expected], list(expected.values()), rtol=0, atol=1e-5)
+  assert_params_close(packed_eight_devices.params(), packed_one_device.params(), atol=1e-5)
 
 
 def test_kill_after_checkpoint_resumes_bit_exactly(root, inputs, one_device):

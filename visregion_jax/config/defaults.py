@@ -51,11 +51,17 @@ KEYS = (
     ("data.buckets", (), "pad each batch to the smallest of these lengths that fits"),
     ("data.pad_to_square", True, "pad images to a square with the mean colour (LLaVA-1.5)"),
     ("data.max_images_per_sample", 1, "image slots per sample"),
+    ("data.packing", False, "pack whole samples (with their images) into rows of data.max_length; "
+     "train.batch_size then counts rows"),
+    ("data.max_images_per_row", 4, "image slots of a packed row (a sample whose images do not fit "
+     "goes to another row)"),
+    ("data.pack_window", 256, "samples of the shuffled stream packed together, first-fit"),
     ("data.num_workers", 4, "grain worker processes (0 = in the main process)"),
     ("data.num_epochs", None, "passes over the data; None = repeat until train.steps"),
 
     ("train.steps", 5198, "optimizer steps (one epoch of LLaVA-665K at batch 128)"),
-    ("train.batch_size", 128, "global batch size in samples"),
+    ("train.batch_size", 128, "global batch size in samples (in rows with data.packing)"),
+    ("train.prefetch", 2, "batches built and put on the devices ahead of the step (0 = none)"),
     ("train.grad_accum", 1, "micro-batches per step (must divide train.batch_size)"),
     ("train.lr", 2e-4, "peak learning rate of region layers / LoRA factors"),
     ("train.projector_lr", 2e-5, "peak learning rate of the projector"),

@@ -35,7 +35,8 @@ def data_config_for(config, model, tokenizer, tower_dir: str) -> pipeline.DataCo
       num_image_tokens=model.config.num_image_tokens if is_lvlm else 0,
       image=image_processor_config(model.config.vision, tower_dir) if is_lvlm else image_processing.ImageProcessorConfig.clip_336(),
       pad_token_id=int(pad or 0), pad_to_square=d.pad_to_square,
-      max_images_per_sample=d.max_images_per_sample, buckets=tuple(d.buckets),
+      max_images_per_sample=d.max_images_per_sample, buckets=tuple(d.buckets), packing=d.packing,
+      max_images_per_row=d.max_images_per_row, pack_window=d.pack_window,
       num_workers=d.num_workers, seed=config.seed, num_epochs=d.get("num_epochs"))
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from visregion_jax.data import image_processing, skip
+from visregion_jax.data import image_processing, packing, skip
 from visregion_jax.data.tokenize import IGNORE_INDEX, TokenizeConfig, tokenize_conversation
 from visregion_jax.errors import VisRegionError
 
@@ -40,6 +40,9 @@ class DataConfig:
   pad_to_square: bool = True
   max_images_per_sample: int = 1
   buckets: tuple = ()              # sequence lengths to pad to; () pads to max_length
+  packing: bool = False             # whole samples share rows of max_length (packing.py)
+  max_images_per_row: int = 1       # image slots of a packed row
+  pack_window: int = 256            # samples packed together (first-fit, in stream order)
   num_workers: int = 0              # grain worker processes (0: threads in this process)
   read_threads: int = 4
   prefetch_buffer: int = 16
@@ -74,7 +77,8 @@ class SampleLoader:
     except VisRegionError as e:
       raise skip.SkipSample(skip.CORRUPT_IMAGE, f"sample {index}: {e}") from None
 
-  def __call__(self, index: int) -> dict:
+  def tokenized(self, index: int) -> dict:
+    """The sample's tokens and its images' encoded bytes (not decoded), or a skip."""
     index = int(index)
     try:
       record = self.source[index]
@@ -83,11 +87,24 @@ class SampleLoader:
                               f"{self.config.max_images_per_sample} images")
       tokens = tokenize_conversation(record["conversations"], len(record["images"]), self.tokenizer,
                                      self.config.tokenize_config())
-      pixels = self.decode_images(record["images"], index)
     except skip.SkipSample as e:
       return {"skip": e.reason, "index": index}
     return {"index": index, "input_ids": tokens.input_ids, "labels": tokens.labels,
-            "pixel_values": pixels, "truncated": tokens.truncated}
+            "images": record["images"], "truncated": tokens.truncated}
+
+  def pixels(self, record: dict) -> np.ndarray:
+    return self.decode_images(record["images"], record["index"])
+
+  def __call__(self, index: int) -> dict:
+    record = self.tokenized(index)
+    if "skip" in record:
+      return record
+    try:
+      pixels = self.pixels(record)
+    except skip.SkipSample as e:
+      return {"skip": e.reason, "index": record["index"]}
+    return {"index": record["index"], "input_ids": record["input_ids"], "labels": record["labels"],
+            "pixel_values": pixels, "truncated": record["truncated"]}
 
 
 class CountSkips:
@@ -168,12 +185,20 @@ def local_batch_size(config: DataConfig, process_count: int) -> int:
 
 
 def make_batches(source, tokenizer, config: DataConfig, *, counter: skip.SkipCounter,
-                 process_index: int = 0, process_count: int = 1, start_step: int = 0) -> grain.IterDataset:
+                 process_index: int = 0, process_count: int = 1, start_step: int = 0,
+                 pack_state: Optional[packing.PackState] = None):
   """This process's batches (global batch / process count rows each) from global step
-  `start_step` on; with `num_epochs` set, as many full global batches as the epochs hold."""
+  `start_step` on (packed: from `pack_state`); with `num_epochs` set, as many full
+  global batches as the epochs hold. Each batch carries `skip_counts`, the counter's
+  counts once its samples were read, so a consumer running ahead (prefetch) can still
+  report the counts of what it trained on."""
   if len(source) == 0:
     raise VisRegionError("data", "expected at least one sample in the source")
   local = local_batch_size(config, process_count)
+  if config.packing:
+    return packing.packed_batches(source, SampleLoader(source, tokenizer, config), config, counter=counter,
+                                  process_index=process_index, local_batch=local,
+                                  state=pack_state or packing.PackState())
   if process_count > 1:  # every process must pad its rows to the same length
     config = dataclasses.replace(config, buckets=())
   stream = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat(config.num_epochs)
@@ -188,4 +213,5 @@ def make_batches(source, tokenizer, config: DataConfig, *, counter: skip.SkipCou
       flags.FLAGS.mark_as_parsed()
     samples = samples.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
   return samples.map(CountSkips(counter, config, len(source))).batch(
-      local, drop_remainder=True, batch_fn=lambda records: collate(records, config))
+      local, drop_remainder=True, batch_fn=lambda records: {**collate(records, config),
+                                                            "skip_counts": counter.counts()})

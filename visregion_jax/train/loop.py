@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding
 from visregion_jax import optim, sharding
 from visregion_jax.console import log_line
 from visregion_jax.convert import load_tokenizer, to_hf
-from visregion_jax.data import pipeline, skip
+from visregion_jax.data import packing, pipeline, skip
 from visregion_jax.data.from_config import data_config_for, open_source
 from visregion_jax.errors import Interrupted, VisRegionError
 from visregion_jax.evaluation import evaluate
@@ -29,6 +29,7 @@ from visregion_jax.publish import write_file_atomically
 from visregion_jax.train.builder import build_model, fingerprint
 from visregion_jax.train.checkpoint import TrainCheckpoints
 from visregion_jax.train.preemption import StopSignals
+from visregion_jax.train.prefetch import Prefetcher
 from visregion_jax.train.progress import Progress
 from visregion_jax.train.step import make_train_step
 from visregion_jax.train.validate import validate
@@ -60,18 +61,30 @@ class Trainer:
         else jax.device_put(x, sharding.replicated(self.mesh)), self.tx.init(self.params))
     self.tokenizer = load_tokenizer(model.config.source)
     self.data_config = data_config_for(config, model, self.tokenizer, config.model.get("vision_tower"))
-    self.counter = skip.SkipCounter()
+    self.counter = skip.SkipCounter()  # restored counts and non-finite steps
+    self.data_skips = {}  # the pipeline's counts as of the last batch trained on
+    self.data_state = None  # packing: where the row stream stands (data/packing.py)
     self.source = open_source(config.data, "train")
     self.checkpoints = TrainCheckpoints(workdir, keep=config.train.keep_checkpoints,
                                         keep_every=config.train.keep_every)
     self.step, self.bad_in_a_row = 0, 0
 
-  def batches(self):
+  def batches(self) -> Prefetcher:
     """This process's batches from the current step on (the same samples whatever the
-    process count: data/pipeline.py)."""
-    return iter(pipeline.make_batches(self.source, self.tokenizer, self.data_config, counter=self.counter,
-                                      process_index=jax.process_index(), process_count=jax.process_count(),
-                                      start_step=self.step))
+    process count: data/pipeline.py), built and placed `train.prefetch` steps ahead."""
+    self.data_skips = {}
+    batches = pipeline.make_batches(self.source, self.tokenizer, self.data_config, counter=skip.SkipCounter(),
+                                    process_index=jax.process_index(), process_count=jax.process_count(),
+                                    start_step=self.step, pack_state=self.data_state)
+    return Prefetcher(iter(batches), lambda arrays: sharding.global_batch(arrays, self.mesh),
+                      self.config.train.prefetch)
+
+  def skip_counts(self) -> dict:
+    """Counts of skipped (and truncated) samples and non-finite steps, up to this step."""
+    counts = self.counter.counts()
+    for reason, n in self.data_skips.items():
+      counts[reason] = counts.get(reason, 0) + n
+    return counts
 
   def model(self):
     return nnx.merge(self.graphdef, self.params, self.frozen, self.rest)
@@ -92,6 +105,8 @@ class Trainer:
       raise VisRegionError(where, f"expected a checkpoint of this training plan ({self.plan.describe()}), "
                            f"got {meta['plan']}")
     self.step, self.bad_in_a_row = meta["step"], meta["bad_steps_in_a_row"]
+    if self.data_config.packing:
+      self.data_state = packing.PackState.from_json(meta.get("data_state"))
     for reason, n in meta["skipped"].items():
       self.counter.add(reason, n)
     log_line(f"resumed from step {self.step}")
@@ -109,7 +124,8 @@ class Trainer:
   def save(self) -> None:
     self.check_finite_params("checkpoint")
     self.checkpoints.save(self.step, self.params, self.opt_state, {
-        "step": self.step, "bad_steps_in_a_row": self.bad_in_a_row, "skipped": self.counter.counts(),
+        "step": self.step, "bad_steps_in_a_row": self.bad_in_a_row, "skipped": self.skip_counts(),
+        "data_state": self.data_state.to_json() if self.data_state else None,
         "base_fingerprint": self.base_fingerprint, "init_from": str(self.config.model.init_from),
         "region_layers": list(self.plan.region_layers), "plan": self.plan.to_json()})
 
@@ -125,17 +141,18 @@ class Trainer:
                            "non-finite steps in a row, their updates skipped (lower train.lr or check the "
                            f"data); last finite checkpoint: {self.last_checkpoint()}")
 
-  def run_step(self, step_fn, local: dict) -> dict:
-    """One optimizer step on this process's rows; the metrics as host numbers."""
-    local.pop("index")
+  def run_step(self, step_fn, host: dict, local: dict, placed: dict) -> dict:
+    """One optimizer step on this process's rows (`local` on the host, `placed` on the
+    mesh); the metrics as host numbers."""
     profile = tuple(self.config.train.profile_steps)
     if profile and self.step + 1 == profile[0] and jax.process_index() == 0:
       jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
     self.params, self.rest, self.opt_state, m = step_fn(
-        self.params, self.frozen, self.rest, self.opt_state, sharding.global_batch(local, self.mesh), self.step)
+        self.params, self.frozen, self.rest, self.opt_state, placed, self.step)
     m = {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]), "finite": bool(m["finite"]),
          "tokens": int(local["attention_mask"].sum()) * jax.process_count()}
     self.step += 1
+    self.data_skips, self.data_state = host["skip_counts"], host.get("data_state")
     if profile and self.step == profile[-1] and jax.process_index() == 0:
       jax.block_until_ready(self.params)
       jax.profiler.stop_trace()
@@ -152,8 +169,9 @@ class Trainer:
     rates = {label: float(schedule(self.step - 1)) for label, schedule in sorted(self.schedules.items())}
     record = {"step": self.step, "loss": m["loss"], "learning_rate": next(iter(rates.values())),
               "learning_rates": rates, "tokens_per_sec": window["tokens"] / max(time.time() - window["start"], 1e-9),
-              "step_time_s": results["step_times_s"][-1], "skipped_samples": self.counter.total_skipped(),
-              "grad_norm": m["grad_norm"], "skip_reasons": self.counter.counts()}
+              "step_time_s": results["step_times_s"][-1], "grad_norm": m["grad_norm"],
+              "skipped_samples": sum(n for r, n in self.skip_counts().items() if r != skip.TRUNCATED),
+              "skip_reasons": self.skip_counts()}
     progress.record(record, f"step {self.step}/{t.steps} loss {m['loss']:.4f} grad_norm {m['grad_norm']:.3f} "
                     f"lr {record['learning_rate']:.2e} {record['tokens_per_sec']:.0f} tok/s "
                     f"skipped {record['skipped_samples']}")
@@ -168,19 +186,26 @@ class Trainer:
                       os.path.join(self.checkpoints.directory, str(self.step)))
 
   def train(self, progress: Progress, results: dict) -> None:
-    t, e = self.config.train, self.config.eval
+    t = self.config.train
     step_fn = jax.jit(make_train_step(self.graphdef, self.tx, t.grad_accum, self.config.seed),
                       donate_argnums=(0, 3))
     window = {"tokens": 0, "start": time.time()}
     batches = self.batches()
+    try:
+      self.train_on(batches, step_fn, window, progress, results)
+    finally:
+      batches.close()
+
+  def train_on(self, batches: Prefetcher, step_fn, window: dict, progress: Progress, results: dict) -> None:
+    t, e = self.config.train, self.config.eval
     with StopSignals() as signals:
       while self.step < t.steps:
-        local = next(batches, None)
-        if local is None:
+        started = time.time()
+        item = next(batches, None)
+        if item is None:
           log_line(f"data exhausted after {self.step} steps")
           break
-        started = time.time()
-        m = self.run_step(step_fn, local)
+        m = self.run_step(step_fn, *item)
         results["step_times_s"].append(time.time() - started)
         if len(results["step_times_s"]) == 1:
           log_line(f"first step (compilation included) took {results['step_times_s'][0]:.1f} s")

@@ -46,6 +46,9 @@ RANGES = (
     ("data.max_length", INT, 2, None, True),
     ("data.max_images_per_sample", INT, 0, None, True),
     ("data.num_workers", INT, 0, None, True),
+    ("data.max_images_per_row", INT, 0, None, True),
+    ("data.pack_window", INT, 1, None, True),
+    ("train.prefetch", INT, 0, None, True),
     ("region.lora_rank", INT, 0, None, True),
     ("region.lora_alpha", NUMBER, 0, None, False),
     ("region.lora_dropout", NUMBER, 0, 1, True),
@@ -83,6 +86,13 @@ def check_choices(config) -> None:
   bad = [b for b in d.buckets if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= d.max_length]
   if bad:
     raise VisRegionError("data.buckets", f"expected lengths in [1, data.max_length={d.max_length}], got {bad}")
+  if not isinstance(d.packing, bool):
+    raise VisRegionError("data.packing", f"expected True or False, got {d.packing!r}")
+  if d.packing and d.max_images_per_row < d.max_images_per_sample:
+    raise VisRegionError("data.max_images_per_row", f"expected at least data.max_images_per_sample="
+                         f"{d.max_images_per_sample} (a sample's images share its row), got {d.max_images_per_row}")
+  if d.packing and d.buckets:
+    raise VisRegionError("data.buckets", "expected () with data.packing: packed rows are data.max_length long")
   if d.num_epochs is not None and (not isinstance(d.num_epochs, int) or d.num_epochs < 1):
     raise VisRegionError("data.num_epochs", f"expected None or a positive integer, got {d.num_epochs!r}")
   profile, steps = tuple(config.train.profile_steps), config.train.steps
