@@ -1,4 +1,5 @@
-"""The model FLOPs of a training step (train/flops.py).
+"""The model FLOPs of a training step (train/flops.py) and the device peak
+(train/peak_flops.py).
 
 The independent count is XLA's own: `cost_analysis()` of the compiled training step.
 XLA counts what the dense step computes, so the comparison adds back what we leave out
@@ -8,6 +9,8 @@ XLA also counts elementwise work, which the sizes below (hidden 256, matmuls of
 256 x 768) keep to 1-2% of the total.
 """
 
+
+import json
 
 import jax
 import numpy as np
@@ -21,6 +24,7 @@ from visregion_jax.models.llama import build_decoder
 from visregion_jax.models.lvlm import LVLM, LVLMConfig
 from visregion_jax.models.vision import VisionConfig
 from visregion_jax.plan import TrainingPlan
+from visregion_jax.train import peak_flops
 from visregion_jax.train.flops import causal_pairs, segment_lengths, step_flops
 from visregion_jax.train.step import make_train_step
 
@@ -171,3 +175,30 @@ def test_causal_pairs_are_the_mask_entries(window):
     q, k = np.arange(length)[:, None], np.arange(length)[None, :]
     mask = (k <= q) & ((q - k) < window if window else True)
     assert pairs == mask.sum()
+
+
+@pytest.mark.parametrize("kind,tflops", [("TPU v4", 275), ("TPU v5 lite", 197), ("TPU v5", 459),
+                                         ("TPU v6 lite", 918), ("NVIDIA A100-SXM4-80GB", 312),
+                                         ("NVIDIA A100 80GB PCIe", 312), ("NVIDIA H100 80GB HBM3", 989.5),
+                                         ("NVIDIA H100 PCIe", 756.5), ("NVIDIA H200", 989.5),
+                                         ("NVIDIA H200 NVL", 835.5), ("NVIDIA GH200 480GB", None),
+                                         ("TPU v4 lite", None), ("cpu", None)])
+def test_published_peaks(kind, tflops):
+  peak = peak_flops.published_peak(kind)
+  assert (peak if peak is None else peak / 1e12) == tflops
+
+
+def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_measure(device):
+    calls.append(device)
+    return 123e9, 1024
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  monkeypatch.setattr(peak_flops, "measure_matmul", fake_measure)
+  first, second = peak_flops.device_peak(), peak_flops.device_peak()
+  assert len(calls) == 1 and first.flops_per_sec == second.flops_per_sec == 123e9 / jax.local_device_count()
+  with open(tmp_path / "visregion_jax" / "peak_flops.json", encoding="utf-8") as f:
+    (key, entry), = json.load(f).items()
+  assert peak_flops.cpu_model() in key and entry["flops_per_sec"] == 123e9 and "cached in" in second.source
