@@ -1,5 +1,5 @@
-"""The model FLOPs of a training step (train/flops.py) and the device peak
-(train/peak_flops.py).
+"""The model FLOPs of a training step (train/flops.py), the device peak
+(train/peak_flops.py) and the MFU a run logs.
 
 The independent count is XLA's own: `cost_analysis()` of the compiled training step.
 XLA counts what the dense step computes, so the comparison adds back what we leave out
@@ -9,22 +9,25 @@ XLA also counts elementwise work, which the sizes below (hidden 256, matmuls of
 256 x 768) keep to 1-2% of the total.
 """
 
-
 import json
+import os
 
 import jax
 import numpy as np
 import optax
 import pytest
+import train_fixtures
 from flax import nnx
+from test_progress import scalars
 
+from visregion_jax.config.loading import load_config
 from visregion_jax.errors import VisRegionError
 from visregion_jax.models.config import DecoderConfig
 from visregion_jax.models.llama import build_decoder
 from visregion_jax.models.lvlm import LVLM, LVLMConfig
 from visregion_jax.models.vision import VisionConfig
 from visregion_jax.plan import TrainingPlan
-from visregion_jax.train import peak_flops
+from visregion_jax.train import loop, peak_flops
 from visregion_jax.train.flops import causal_pairs, segment_lengths, step_flops
 from visregion_jax.train.step import make_train_step
 
@@ -202,3 +205,25 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
   with open(tmp_path / "visregion_jax" / "peak_flops.json", encoding="utf-8") as f:
     (key, entry), = json.load(f).items()
   assert peak_flops.cpu_model() in key and entry["flops_per_sec"] == 123e9 and "cached in" in second.source
+
+
+def test_a_tiny_run_logs_throughput_and_mfu(tmp_path, monkeypatch, capsys):
+  """The real measured peak (into a fresh cache), a 2-step run: the four keys in every
+  training record of metrics.jsonl and TensorBoard, and on the console line."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  inputs = train_fixtures.build_inputs(str(tmp_path / "inputs"))
+  workdir = str(tmp_path / "run")
+  loop.run(load_config(train_fixtures.overrides(inputs, workdir, **{"train.steps": 2}), "test"))
+  assert os.path.isfile(tmp_path / "cache" / "visregion_jax" / "peak_flops.json")
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    records = [r for r in map(json.loads, f) if "loss" in r]
+  assert [r["step"] for r in records] == [1, 2]
+  board = scalars(workdir)
+  for r in records:
+    assert r["tokens_per_sec"] > 0 and 0 <= r["padding_fraction"] < 1
+    assert r["model_tflops_per_sec_per_device"] > 0 and 0 < r["mfu"] < 1
+    for key in ("tokens_per_sec", "padding_fraction", "model_tflops_per_sec_per_device", "mfu"):
+      assert board[key][r["step"]] == pytest.approx(r[key], rel=1e-6), key
+  out = capsys.readouterr().out
+  assert out.count("MFU against ") == 1
+  assert "tok/s pad " in out and " TFLOP/s/dev MFU " in out
