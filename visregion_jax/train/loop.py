@@ -28,6 +28,8 @@ from visregion_jax.evaluation import evaluate
 from visregion_jax.publish import write_file_atomically
 from visregion_jax.train.builder import build_model, fingerprint
 from visregion_jax.train.checkpoint import TrainCheckpoints
+from visregion_jax.train.flops import step_flops
+from visregion_jax.train.peak_flops import device_peak
 from visregion_jax.train.preemption import StopSignals
 from visregion_jax.train.prefetch import Prefetcher
 from visregion_jax.train.progress import Progress
@@ -49,6 +51,10 @@ class Trainer:
     model, self.plan = build_model(config, workdir)
     self.num_layers = len(model.layers)
     self.base_fingerprint = fingerprint(model, self.plan)
+    self.step_flops = step_flops(model, self.plan)
+    # Process 0 alone reports, and alone measures a CPU peak: two measurements at once
+    # on one machine would each see half of it, and the cache would keep that.
+    self.peak = device_peak() if jax.process_index() == 0 else None
     self.graphdef, params, frozen, rest = self.plan.split(model)
     self.params = jax.device_put(params, sharding.state_shardings(params, self.mesh))
     self.frozen = jax.device_put(frozen, sharding.state_shardings(frozen, self.mesh))
@@ -149,8 +155,12 @@ class Trainer:
       jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
     self.params, self.rest, self.opt_state, m = step_fn(
         self.params, self.frozen, self.rest, self.opt_state, placed, self.step)
+    # Counted while the device runs; every process's rows are taken to be like this one's.
+    processes = jax.process_count()
+    flops = self.step_flops(local) * processes
     m = {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]), "finite": bool(m["finite"]),
-         "tokens": int(local["attention_mask"].sum()) * jax.process_count()}
+         "tokens": int(local["attention_mask"].sum()) * processes,
+         "slots": int(local["attention_mask"].size) * processes, "flops": flops}
     self.step += 1
     self.data_skips, self.data_state = host["skip_counts"], host.get("data_state")
     if profile and self.step == profile[-1] and jax.process_index() == 0:
@@ -162,20 +172,36 @@ class Trainer:
   def log(self, m: dict, window: dict, progress: Progress, results: dict) -> None:
     """The step's metrics record (every `train.log_every` steps and the last)."""
     t = self.config.train
-    window["tokens"] += m["tokens"]
-    progress.advance(m["loss"], window["tokens"] / max(time.time() - window["start"], 1e-9))
+    for key in ("tokens", "slots", "flops"):
+      window[key] += m[key]
+    seconds = max(time.time() - window["start"], 1e-9)
+    progress.advance(m["loss"], window["tokens"] / seconds)
     if self.step % t.log_every and self.step != t.steps:
+      return
+    totals = dict(window)
+    window.update(tokens=0, slots=0, flops=0, start=time.time())
+    if self.peak is None:  # not process 0
       return
     rates = {label: float(schedule(self.step - 1)) for label, schedule in sorted(self.schedules.items())}
     record = {"step": self.step, "loss": m["loss"], "learning_rate": next(iter(rates.values())),
-              "learning_rates": rates, "tokens_per_sec": window["tokens"] / max(time.time() - window["start"], 1e-9),
+              "learning_rates": rates, **self.throughput(totals, seconds),
               "step_time_s": results["step_times_s"][-1], "grad_norm": m["grad_norm"],
               "skipped_samples": sum(n for r, n in self.skip_counts().items() if r != skip.TRUNCATED),
               "skip_reasons": self.skip_counts()}
     progress.record(record, f"step {self.step}/{t.steps} loss {m['loss']:.4f} grad_norm {m['grad_norm']:.3f} "
                     f"lr {record['learning_rate']:.2e} {record['tokens_per_sec']:.0f} tok/s "
+                    f"pad {100 * record['padding_fraction']:.0f}% "
+                    f"{record['model_tflops_per_sec_per_device']:.3g} TFLOP/s/dev MFU {100 * record['mfu']:.3g}% "
                     f"skipped {record['skipped_samples']}")
-    window.update(tokens=0, start=time.time())
+
+  def throughput(self, window: dict, seconds: float) -> dict:
+    """Over a logging window: real (non-padding) tokens per second, the padding share of
+    the batches' token slots, model FLOP/s per device (train/flops.py) and their share
+    of the device's peak (train/peak_flops.py)."""
+    per_device = window["flops"] / seconds / jax.device_count()
+    return {"tokens_per_sec": window["tokens"] / seconds,
+            "padding_fraction": 1.0 - window["tokens"] / max(window["slots"], 1),
+            "model_tflops_per_sec_per_device": per_device / 1e12, "mfu": per_device / self.peak.flops_per_sec}
 
   def stop(self, signum: int) -> None:
     """Saves the state at this step boundary (unless just saved) and raises Interrupted."""
@@ -189,7 +215,7 @@ class Trainer:
     t = self.config.train
     step_fn = jax.jit(make_train_step(self.graphdef, self.tx, t.grad_accum, self.config.seed),
                       donate_argnums=(0, 3))
-    window = {"tokens": 0, "start": time.time()}
+    window = {"tokens": 0, "slots": 0, "flops": 0, "start": time.time()}
     batches = self.batches()
     try:
       self.train_on(batches, step_fn, window, progress, results)
@@ -261,6 +287,8 @@ def train_locked(config, workdir: str) -> dict:
   trainer.restore_latest()
   log_line(f"built in {time.time() - started:.1f} s: {trainer.plan.describe()} of {trainer.num_layers}; "
            f"mesh {dict(trainer.mesh.shape)}")
+  if trainer.peak is not None:
+    log_line(f"MFU against {trainer.peak.flops_per_sec / 1e12:.4g} TFLOP/s per device: {trainer.peak.source}")
   results = {"trainable_params": int(sum(x.size for x in jax.tree.leaves(trainer.params))),
              "optimizer_bytes": int(sum(x.nbytes for x in jax.tree.leaves(trainer.opt_state))),
              "step_times_s": [], "tokenizer": trainer.tokenizer, "data_config": trainer.data_config}

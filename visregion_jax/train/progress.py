@@ -3,7 +3,8 @@
 - `WORKDIR/metrics.jsonl`: one JSON object per logged step or evaluation; on resume,
   lines past the restored step are dropped (they would repeat).
 - `WORKDIR/tensorboard/`: TensorBoard event files (tensorboardX: no TensorFlow) with
-  every number of those records, learning rates per group as `learning_rate/<group>`;
+  every number of those records (tokens/s, padding share, TFLOP/s per device and MFU
+  among them), learning rates per group as `learning_rates/<group>`;
   events past the restored step are purged on resume.
 - The console: on a terminal a tqdm bar (elapsed, ETA, loss, tokens/s); elsewhere (pod
   logs, CI) a plain line every `train.log_every` steps.
