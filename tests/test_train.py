@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import train_fixtures
+from consumer_check import check_transformers_path
 from flax import nnx
 from safetensors.numpy import load_file
 
@@ -435,3 +436,4 @@ def test_convert_to_hf_from_a_training_workdir(inputs, tmp_path):
   assert sorted(ours) == sorted(again)
   for key in ours:
     np.testing.assert_array_equal(ours[key], again[key], err_msg=key)
+  check_transformers_path(str(tmp_path / "again"))  # the processor travels with it
