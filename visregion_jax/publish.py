@@ -51,9 +51,24 @@ def replace_directory(new: str, dest: str) -> None:
   shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def published_file(dest: str):
+  """Yields a hidden path beside `dest` to write one file into; on success it replaces
+  `dest` in one rename, on failure it is removed and `dest` stays as it was."""
+  dest = os.path.abspath(dest)
+  if os.path.isdir(dest):
+    raise VisRegionError(dest, "expected a file path, found a directory")
+  partial = _sibling(dest, "partial")
+  try:
+    yield partial
+  except BaseException:
+    if os.path.exists(partial):
+      os.remove(partial)
+    raise
+  os.replace(partial, dest)
+
+
 def write_file_atomically(path: str, text: str) -> None:
   """A small text file (a report, a JSON) written beside its place and renamed in."""
-  partial = _sibling(path, "partial")
-  with open(partial, "w", encoding="utf-8") as f:
+  with published_file(path) as partial, open(partial, "w", encoding="utf-8") as f:
     f.write(text)
-  os.replace(partial, path)
