@@ -28,6 +28,7 @@ from visregion_jax import convert, generate
 from visregion_jax.convert.__main__ import main
 from visregion_jax.convert.gguf_export import permute_rows, write_gguf
 from visregion_jax.convert.gguf_file import ROPE_SCALING_KEY, _unpermute
+from visregion_jax.convert.gguf_metadata import read_fields
 from visregion_jax.convert.params import model_params
 from visregion_jax.errors import VisRegionError
 from visregion_jax.loading import load_model
@@ -209,6 +210,26 @@ def test_pruned_model_runs_in_llama_cpp(tiny, tmp_path, rng):
   path = write_gguf(pruned, str(tmp_path / "pruned.gguf"), tensor_type="f32")
   ids = rng.randint(3, 300, size=40)
   np.testing.assert_allclose(llama_cpp_logits(path, ids), np.asarray(pruned(jnp.asarray(ids[None])))[0], atol=1e-3)
+
+
+def test_gguf_tokenizer_is_copied_and_padded_to_the_model(tiny, tmp_path, byte_level):
+  """A GGUF source's tokenizer keys are copied; a model with more rows than it has tokens
+  (an LVLM's added image row) gets placeholders, as llama.cpp needs one token per row."""
+  first = write_gguf(tiny["llama_tied"][1], str(tmp_path / "first.gguf"), tensor_type="f32")
+  wider = convert.from_hf(with_tokenizer(random_hf_model(tiny_llama_config(vocab_size=VOCAB + 64)), byte_level,
+                                         tmp_path / "wider"))
+  wider.config = wider.config.replace(source=first)
+  path = write_gguf(wider, str(tmp_path / "wider.gguf"), tensor_type="f32")
+  before, after = dict((k, v) for k, _, _, v in read_fields(first, "tokenizer.")), dict(
+      (k, v) for k, _, _, v in read_fields(path, "tokenizer."))
+  assert after.keys() == before.keys()
+  assert after["tokenizer.ggml.tokens"][:VOCAB] == before["tokenizer.ggml.tokens"]
+  assert after["tokenizer.ggml.tokens"][-1] == f"[PAD{VOCAB + 63}]".encode()
+  assert after["tokenizer.ggml.token_type"][VOCAB:] == [5] * 64  # unused
+  assert {k: v for k, v in after.items() if k not in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type")} == {
+      k: v for k, v in before.items() if k not in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type")}
+  if llama_cpp is not None:
+    assert llama_cpp_tokens(path, TRICKY) == llama_cpp_tokens(first, TRICKY)
 
 
 def test_import_refuses_rope_freqs_it_cannot_explain(tiny, tmp_path):
@@ -411,6 +432,7 @@ def test_smollm2_in_llama_cpp(smollm2):
   needs_llama_cpp()
   model, paths, _ = smollm2
   source = convert.gguf_file.resolve_model_path("smollm2-135m-instruct")
+  assert read_fields(paths["f16"], "tokenizer.") == read_fields(source, "tokenizer.")  # copied as they were
   text_ids = llama_cpp_tokens(paths["f32"], SMOL_TEXT)[:32]
   assert len(text_ids) == 32 and text_ids == llama_cpp_tokens(source, SMOL_TEXT)[:32]
   prompt = llama_cpp_tokens(paths["f32"], SMOL_PROMPT, special=True)

@@ -14,12 +14,13 @@ a matrix whose rows are not a multiple of Q8_0's 32-value block is written as f1
 
 import json
 import os
+import pathlib
 import re
 from typing import Optional
 
 import numpy as np
 
-from visregion_jax.convert.gguf_file import ROPE_SCALING_KEY
+from visregion_jax.convert.gguf_file import ROPE_FREQS, ROPE_SCALING_KEY
 from visregion_jax.convert.gguf_vocab import add_vocab
 from visregion_jax.convert.params import check_all_exported, hf_shapes, hf_tensors, model_params
 from visregion_jax.convert.tables import DECODER_TABLES, GGUF_NAMES
@@ -180,7 +181,7 @@ def write_gguf(decoder: Decoder, path: str, *, tensor_type: Optional[str] = None
   check_all_exported(params, used)
   extra = []
   if config.rope_type == "llama3":
-    extra.append(("rope_freqs.weight", rope.frequency_factors(config)))
+    extra.append((ROPE_FREQS, rope.frequency_factors(config)))
 
   writer = gguf.GGUFWriter(path=None, arch=config.architecture)
   tokens = add_vocab(writer, config)
@@ -194,7 +195,7 @@ def write_gguf(decoder: Decoder, path: str, *, tensor_type: Optional[str] = None
   heads = {"heads": config.num_heads, "kv_heads": config.num_kv_heads}
   with published_file(path) as partial:
     try:
-      writer.write_header_to_file(path=partial)
+      writer.write_header_to_file(path=pathlib.Path(partial))
       writer.write_kv_data_to_file()
       writer.write_ti_data_to_file()
       for _, values in extra:

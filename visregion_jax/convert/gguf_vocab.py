@@ -39,8 +39,6 @@ PRE_TOKENIZERS = {
 # llama.cpp's token types (gguf.TokenType; SentencePiece's protobuf uses the same numbers).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 _ADDED_SCORE = -1000.0  # what llama.cpp's converter gives added tokens
-# Per-token arrays: a model with more rows than tokens gets placeholders appended.
-_PADDED = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
 
 
 def add_vocab(writer, config: DecoderConfig) -> list:
@@ -60,14 +58,8 @@ def add_vocab(writer, config: DecoderConfig) -> list:
 
 def _copy_gguf_tokenizer(writer, path: str, vocab_size: int) -> list:
   import gguf  # pylint: disable=import-outside-toplevel
-  kinds, padded = gguf.GGUFValueType, {}
-  for key, kind, element, value in read_fields(path, "tokenizer."):
-    sub = None if element is None else kinds(element)
-    if key in _PADDED:
-      padded[key] = (value, sub)
-    else:
-      writer.add_key_value(key, value, kinds(kind), sub_type=sub)
-  tokens = padded.get("tokenizer.ggml.tokens", ([], None))[0]
+  fields = read_fields(path, "tokenizer.")
+  tokens = next((value for key, _, _, value in fields if key == "tokenizer.ggml.tokens"), [])
   if len(tokens) > vocab_size:
     raise VisRegionError(f"{path}: tokenizer.ggml.tokens", f"expected at most {vocab_size} tokens (the "
                          f"model's vocabulary), got {len(tokens)}")
@@ -75,8 +67,9 @@ def _copy_gguf_tokenizer(writer, path: str, vocab_size: int) -> list:
   pads = {"tokenizer.ggml.tokens": [f"[PAD{i}]".encode() for i in padding],
           "tokenizer.ggml.token_type": [UNUSED] * len(padding),
           "tokenizer.ggml.scores": [_ADDED_SCORE] * len(padding)}
-  for key, (value, sub) in padded.items():
-    writer.add_key_value(key, value + pads[key], kinds.ARRAY, sub_type=sub)
+  for key, kind, element, value in fields:
+    sub = None if element is None else gguf.GGUFValueType(element)
+    writer.add_key_value(key, value + pads[key] if key in pads else value, gguf.GGUFValueType(kind), sub_type=sub)
   return [t.decode("utf-8", errors="replace") for t in tokens + pads["tokenizer.ggml.tokens"]]
 
 
