@@ -14,8 +14,13 @@ $(VENV)/.runtime-installed: requirements.txt pyproject.toml
 	$(PIP) install -q --no-deps -e .
 	touch $@
 
+# llama.cpp (the reader GGUF export is for) from a local wheel, its dependencies (diskcache,
+# jinja2) from the registry; without the wheel its tests skip.
 $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
 	$(PIP) install -q -r requirements-dev.txt
+	if ls ../shared/wheels/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+	  $(PIP) install -q ../shared/wheels/llama_cpp_python-*.whl; \
+	else echo "no ../shared/wheels/llama_cpp_python-*.whl: the llama.cpp tests of GGUF export will skip"; fi
 	touch $@
 
 # The demo's last step loads the export with transformers, which needs torch (CPU build).

@@ -33,7 +33,8 @@ def test_help_shows_the_given_config(capsys):
 
 
 @pytest.mark.parametrize("main, args", [(convert_main, ["--help"]), (convert_main, ["to-hf", "--help"]),
-                                        (convert_main, ["from-hf", "--help"]), (generate_main, ["--help"])])
+                                        (convert_main, ["from-hf", "--help"]), (convert_main, ["to-gguf", "--help"]),
+                                        (generate_main, ["--help"])])
 def test_argparse_commands(main, args, capsys):
   with pytest.raises(SystemExit) as exit_info:
     main(args)

@@ -13,9 +13,12 @@ Accepted, in the order they are recognised:
 import os
 from typing import Optional
 
-from visregion_jax.convert import jax_checkpoint
+from visregion_jax.convert import hf_config, jax_checkpoint, llava, tensor_files
+from visregion_jax.convert.gguf_file import resolve_model_path
 from visregion_jax.convert.hf import from_hf
 from visregion_jax.convert.llava_original import from_llava_original, is_llava_original
+from visregion_jax.convert.llava_original_config import text_config_dict
+from visregion_jax.models.lvlm import LVLMConfig
 from visregion_jax.train.trained import is_training_workdir, load_trained
 
 
@@ -32,3 +35,33 @@ def load_model(path: str, *, dtype: Optional[str] = None, param_dtype: Optional[
   if any(v is not None for v in original.values()) or is_llava_original(path):
     return from_llava_original(path, dtype=dtype, param_dtype=param_dtype, **original)
   return from_hf(path, dtype=dtype, param_dtype=param_dtype)
+
+
+def peek_model(path: str, **original) -> tuple:
+  """("decoder" | "lvlm", the decoder's DecoderConfig or None) of what `load_model(path,
+  **original)` returns, read from config files alone, so a command can refuse a source
+  before loading any weight. The config is None for a GGUF file (its header is checked
+  when it is opened) and for LoRA adapters on a plain decoder."""
+  path = str(path)
+  if os.path.isdir(path) and is_training_workdir(path):
+    m = tensor_files.read_json_object(os.path.join(path, "config.json")).get("model") or {}
+    kind, text = peek_model(str(m.get("init_from") or ""))
+    return ("lvlm" if m.get("vision_tower") else kind), text
+  if jax_checkpoint.is_model_checkpoint(path):
+    where = os.path.join(path, jax_checkpoint.MODEL_CONFIG)
+    config = jax_checkpoint.config_from_json(tensor_files.read_json_object(where), where)
+    return ("lvlm", config.text) if isinstance(config, LVLMConfig) else ("decoder", config)
+  if any(v is not None for v in original.values()) or is_llava_original(path):
+    if not is_llava_original(path):
+      return "lvlm", None
+    where = os.path.join(path, "config.json")
+    d = text_config_dict(tensor_files.read_json_object(where), where)
+    return "lvlm", hf_config.decoder_config_from_hf(d, where, source=path)
+  config_path = os.path.join(path, "config.json")
+  if not os.path.isfile(config_path):
+    resolve_model_path(path)  # an alias whose package is missing is reported here
+    return "decoder", None
+  d = tensor_files.read_json_object(config_path)
+  if d.get("model_type") == "llava":
+    return "lvlm", llava.lvlm_config_from_hf(d, config_path, dtype="float32", param_dtype=None, source=path).text
+  return "decoder", hf_config.decoder_config_from_hf(d, config_path, source=path)

@@ -1,13 +1,16 @@
-"""`python -m visregion_jax.convert from-hf | to-hf`: move weights between HF and JAX."""
+"""`python -m visregion_jax.convert from-hf | to-hf | to-gguf`: move weights between HF, JAX
+and llama.cpp's GGUF."""
 
 import os
 import sys
 
 from visregion_jax import cli
 from visregion_jax.convert import jax_checkpoint
+from visregion_jax.convert.gguf_export import TENSOR_TYPES, check_exportable, default_tensor_type, write_gguf
 from visregion_jax.convert.hf import to_hf
 from visregion_jax.errors import VisRegionError
-from visregion_jax.loading import load_model
+from visregion_jax.loading import load_model, peek_model
+from visregion_jax.models.lvlm import LVLM
 
 
 def _add_original_options(parser) -> None:
@@ -53,11 +56,23 @@ def main(argv=None) -> int:
   frm.add_argument("--param-dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="cast weights on the way (default: keep their dtype)")
   _add_original_options(frm)
+  gg = sub.add_parser("to-gguf", help="training workdir, JAX checkpoint, HF dir or .gguf -> one GGUF file "
+                      "that llama.cpp runs (an LVLM's decoder; --mmproj adds its vision side)")
+  gg.add_argument("--src", required=True, help="a training workdir, a JAX checkpoint directory, an HF "
+                  "directory, a .gguf file or an original LLaVA checkpoint")
+  gg.add_argument("--dst", required=True, help="the .gguf file to write (replaced whole)")
+  gg.add_argument("--type", choices=TENSOR_TYPES, default=None, help="tensor type (default: the weights' "
+                  "dtype); norms stay f32, and q8_0 rows that are not a multiple of 32 are written as f16")
+  gg.add_argument("--mmproj", default=None, help="also write an LVLM's vision tower and projector to this "
+                  "llama.cpp mmproj .gguf file")
+  _add_original_options(gg)
   args = parser.parse_args(argv)
   original = dict(vision_tower=args.vision_tower, adapter=args.adapter,
                   image_token_id=args.image_token_id)
 
   def run():
+    if args.command == "to-gguf":
+      return to_gguf(args, original)
     # Check the destination before the (possibly long) load.
     if os.path.exists(args.dst) and not os.path.isdir(args.dst):
       raise VisRegionError(args.dst, "expected a directory, found a file")
@@ -73,6 +88,37 @@ def main(argv=None) -> int:
     print(f"wrote {args.dst}")
 
   return cli.run_main(run)
+
+
+def _check_file_destination(path: str, flag: str) -> None:
+  if os.path.isdir(path):
+    raise VisRegionError(path, f"{flag}: expected a file path, found a directory")
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise VisRegionError(parent, f"{flag}: expected an existing directory to write into")
+
+
+def to_gguf(args, original: dict) -> None:
+  """Every check that needs no weights first (destinations, architecture, --mmproj), then
+  the load and the export."""
+  _check_file_destination(args.dst, "--dst")
+  if args.mmproj is not None:
+    _check_file_destination(args.mmproj, "--mmproj")
+  kind, text = peek_model(args.src, **original)
+  if text is not None:
+    check_exportable(text, text.source or args.src)
+  if args.mmproj is not None and kind != "lvlm":
+    raise VisRegionError(args.src, "--mmproj: expected an LVLM (vision tower + projector + decoder), "
+                         "got a decoder-only model")
+  model = load_model(args.src, **original)
+  decoder = model.language_model if isinstance(model, LVLM) else model
+  tensor_type = args.type or default_tensor_type(decoder)
+  write_gguf(decoder, args.dst, tensor_type=tensor_type)
+  print(f"wrote {args.dst}")
+  if args.mmproj is not None:
+    from visregion_jax.convert.gguf_mmproj import write_mmproj  # pylint: disable=import-outside-toplevel
+    write_mmproj(model, args.mmproj, tensor_type=tensor_type)
+    print(f"wrote {args.mmproj}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from visregion_jax.convert.params import (
 )
 from visregion_jax.convert.tables import DECODER_TABLES
 from visregion_jax.errors import VisRegionError
+from visregion_jax.models import rope
 from visregion_jax.models.llama import Decoder, abstract_decoder
 
 
@@ -31,8 +32,10 @@ def open_decoder_source(path: str, dtype: Optional[str], param_dtype: Optional[s
     if not path.endswith(".gguf"):
       raise VisRegionError(path, "expected an HF model directory or a .gguf file")
     source = GGUFSource(path)
-    return source, hf_config.decoder_config_from_hf(
+    config = hf_config.decoder_config_from_hf(
         source.config, f"{path} (metadata)", dtype=dtype, param_dtype=param_dtype, source=path)
+    source.check_rope_freqs(rope.frequency_factors(config))
+    return source, config
   config_path = os.path.join(path, "config.json")
   config = hf_config.decoder_config_from_hf(
       tensor_files.read_json_object(config_path), config_path, dtype=dtype, param_dtype=param_dtype, source=path)

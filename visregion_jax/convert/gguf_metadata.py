@@ -26,31 +26,36 @@ class _Cursor:
       raise VisRegionError(self.where, "expected a complete GGUF header (the file ends early)")
     return struct.unpack("<" + fmt, data)[0]
 
-  def string(self) -> str:
+  def string(self, raw: bool = False):
     length = self.read("Q")
     data = self.f.read(length)
     if len(data) != length:
       raise VisRegionError(self.where, "expected a complete GGUF header (the file ends early)")
-    return data.decode("utf-8", errors="replace")
+    return data if raw else data.decode("utf-8", errors="replace")
 
-  def value(self, kind: int, keep: bool):
+  def value(self, kind: int, keep: bool, raw: bool = False):
     if kind in _SCALARS:
       return self.read(_SCALARS[kind])
     if kind == STRING:
-      return self.string()
+      return self.string(raw)
     if kind != ARRAY:
       raise VisRegionError(self.where, f"expected a GGUF value type, got {kind}")
     element, count = self.read("I"), self.read("Q")
     if element in _SCALARS and not keep:
       self.f.seek(count * struct.calcsize("<" + _SCALARS[element]), 1)
       return None
-    values = [self.value(element, keep) for _ in range(count)]
+    if element in _SCALARS:  # one read for the whole array
+      fmt = _SCALARS[element]
+      data = self.f.read(count * struct.calcsize("<" + fmt))
+      if len(data) != count * struct.calcsize("<" + fmt):
+        raise VisRegionError(self.where, "expected a complete GGUF header (the file ends early)")
+      return list(struct.unpack(f"<{count}{fmt}", data))
+    values = [self.value(element, keep, raw) for _ in range(count)]
     return values if keep else None
 
 
-def read_metadata(path: str, keys) -> dict:
-  """{key: value} for those of `keys` the header holds (arrays of wanted keys included)."""
-  wanted, found = set(keys), {}
+def _walk(path: str):
+  """Yields (key, value type, cursor) for each key/value pair; the caller reads or skips the value."""
   with open(path, "rb") as f:
     cursor = _Cursor(f, path)
     if f.read(4) != b"GGUF":
@@ -61,13 +66,37 @@ def read_metadata(path: str, keys) -> dict:
     cursor.read("Q")  # tensor count
     for _ in range(cursor.read("Q")):
       key = cursor.string()
-      kind = cursor.read("I")
-      value = cursor.value(kind, key in wanted)
-      if key in wanted:
-        found[key] = value
-        if len(found) == len(wanted):
-          break
+      yield key, cursor.read("I"), cursor
+
+
+def read_metadata(path: str, keys) -> dict:
+  """{key: value} for those of `keys` the header holds (arrays of wanted keys included)."""
+  wanted, found = set(keys), {}
+  for key, kind, cursor in _walk(path):
+    value = cursor.value(kind, key in wanted)
+    if key in wanted:
+      found[key] = value
+      if len(found) == len(wanted):
+        break
   return found
+
+
+def read_fields(path: str, prefix: str) -> list:
+  """[(key, value type, element type or None, value)] of the keys starting with `prefix`,
+  in file order, strings as raw bytes (a token need not be valid UTF-8): what a writer
+  needs to copy them unchanged."""
+  fields = []
+  for key, kind, cursor in _walk(path):
+    if not key.startswith(prefix):
+      cursor.value(kind, keep=False)
+      continue
+    element = None
+    if kind == ARRAY:
+      position = cursor.f.tell()
+      element = cursor.read("I")
+      cursor.f.seek(position)
+    fields.append((key, kind, element, cursor.value(kind, keep=True, raw=True)))
+  return fields
 
 
 def block_count(path: str) -> int:

@@ -84,6 +84,17 @@ def merge_params(abstract: nnx.Module, values: dict) -> nnx.Module:
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
+def hf_shapes(params: dict, table: Table, config, num_layers: int,
+              rename: Callable[[str], str] = same_name, our_prefix: tuple = ()) -> list:
+  """[(HF name, HF shape, dtype)] of what `hf_tensors` yields, in its order, computed
+  without producing a tensor (a writer that needs every header first, such as GGUF's)."""
+  out = []
+  for hf_key, ours, transform in table.expand(config, num_layers):
+    arrays = [params[our_prefix + p] for p in ours]
+    out.append((rename(hf_key), tuple(transform.hf_shape([a.shape for a in arrays], config)), arrays[0].dtype))
+  return out
+
+
 def hf_tensors(params: dict, table: Table, config, num_layers: int,
                rename: Callable[[str], str] = same_name, our_prefix: tuple = ()) -> tuple:
   """(names, byte sizes, lazy tensor generator, our paths used) for export.
@@ -92,12 +103,9 @@ def hf_tensors(params: dict, table: Table, config, num_layers: int,
   more than the shard being written.
   """
   expanded = table.expand(config, num_layers)
-  names, sizes = [], []
-  for hf_key, ours, transform in expanded:
-    arrays = [params[our_prefix + p] for p in ours]
-    shape = transform.hf_shape([a.shape for a in arrays], config)
-    names.append(rename(hf_key))
-    sizes.append(int(np.prod(shape)) * arrays[0].dtype.itemsize)
+  shapes = hf_shapes(params, table, config, num_layers, rename, our_prefix)
+  names = [name for name, _, _ in shapes]
+  sizes = [int(np.prod(shape)) * dtype.itemsize for _, shape, dtype in shapes]
 
   def generate():
     for name, (_, ours, transform) in zip(names, expanded):

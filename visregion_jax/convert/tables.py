@@ -51,8 +51,9 @@ PHI3 = Table(
 
 DECODER_TABLES = {t.architecture: t for t in (LLAMA, PHI3)}
 
-# llama.cpp's tensor names for a Llama GGUF -> HF names (then the LLAMA table applies).
-# The value's second item names the llama.cpp row permutation to undo, if any.
+# llama.cpp's tensor names for a Llama GGUF <-> HF names (then the LLAMA table applies),
+# read by GGUF import and written by GGUF export. The third item names llama.cpp's Q/K
+# row permutation (undone on import, applied on export), if any.
 GGUF_LLAMA_NAMES = (
     ("token_embd.weight", "model.embed_tokens.weight", None),
     ("output_norm.weight", "model.norm.weight", None),
@@ -67,3 +68,19 @@ GGUF_LLAMA_NAMES = (
     ("blk.{i}.ffn_up.weight", "model.layers.{i}.mlp.up_proj.weight", None),
     ("blk.{i}.ffn_down.weight", "model.layers.{i}.mlp.down_proj.weight", None),
 )
+
+# Phi-3 keeps HF's fused qkv_proj / gate_up_proj (llama.cpp splits them when it loads)
+# and its rotate-half RoPE (llama.cpp's NEOX mode), so no rows are permuted.
+GGUF_PHI3_NAMES = (
+    ("token_embd.weight", "model.embed_tokens.weight", None),
+    ("output_norm.weight", "model.norm.weight", None),
+    ("output.weight", "lm_head.weight", None),
+    ("blk.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight", None),
+    ("blk.{i}.ffn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight", None),
+    ("blk.{i}.attn_qkv.weight", "model.layers.{i}.self_attn.qkv_proj.weight", None),
+    ("blk.{i}.attn_output.weight", "model.layers.{i}.self_attn.o_proj.weight", None),
+    ("blk.{i}.ffn_up.weight", "model.layers.{i}.mlp.gate_up_proj.weight", None),
+    ("blk.{i}.ffn_down.weight", "model.layers.{i}.mlp.down_proj.weight", None),
+)
+
+GGUF_NAMES = {"llama": GGUF_LLAMA_NAMES, "phi3": GGUF_PHI3_NAMES}

@@ -25,6 +25,13 @@ def inverse_frequencies(config: DecoderConfig) -> np.ndarray:
   return inv_freq
 
 
+def frequency_factors(config: DecoderConfig) -> np.ndarray:
+  """How much each frequency is slowed against unscaled RoPE (default / this config's),
+  float32 [rotary_dim // 2]: the divisors llama.cpp reads from a `rope_freqs` tensor."""
+  unscaled = inverse_frequencies(config.replace(rope_type="default", rope_scaling=()))
+  return (unscaled / inverse_frequencies(config)).astype(np.float32)
+
+
 def _llama3_frequencies(inv_freq: np.ndarray, config: DecoderConfig) -> np.ndarray:
   """Llama-3.1: long wavelengths slowed by `factor`, a smooth ramp in between."""
   factor = config.rope_param("factor")
