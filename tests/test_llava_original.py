@@ -331,6 +331,19 @@ def test_converted_export_answers_through_transformers_processor(llama, tmp_path
   check_transformers_path(out)
 
 
+def test_template_option_names_the_conversation_format(llama, tmp_path):
+  hf, src, vision, _ = llama
+  original = tmp_path / "llava"
+  shutil.copytree(src, original)
+  tiny_tokenizer().save_pretrained(original)
+  out = str(tmp_path / "llava_hf")
+  assert main(["to-hf", "--src", str(original), "--vision-tower", vision, "--template", "phi3", "--dst", out]) == 0
+  prompt = transformers.AutoProcessor.from_pretrained(out).apply_chat_template(
+      [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "w5"}]}],
+      add_generation_prompt=True, tokenize=False)
+  assert prompt == "<|user|>\n<image>\nw5<|end|>\n<|assistant|>\n"
+
+
 def test_cli_from_hf_orbax_checkpoint_then_to_hf(llama, tmp_path, capsys):
   """from-hf takes the same options; the JAX checkpoint keeps the <image>-extended tokenizer."""
   _, src, vision, _ = llama

@@ -24,15 +24,19 @@ from visregion_jax.train.trained import is_training_workdir, load_trained
 
 def load_model(path: str, *, dtype: Optional[str] = None, param_dtype: Optional[str] = None,
                vision_tower: Optional[str] = None, adapter: Optional[str] = None,
-               image_token_id: Optional[int] = None):
-  """The NNX model (Decoder or LVLM) stored at `path`; see the module docstring."""
+               image_token_id: Optional[int] = None, template: Optional[str] = None):
+  """The NNX model (Decoder or LVLM) stored at `path`; see the module docstring.
+  `template` names an original checkpoint's conversation format (templates.py;
+  default vicuna_v1), which its processor's chat template spells out."""
   path = str(path)
   if os.path.isdir(path) and is_training_workdir(path):
     return load_trained(path)
   if jax_checkpoint.is_model_checkpoint(path):
     return jax_checkpoint.read_model(path)
-  original = dict(vision_tower=vision_tower, adapter=adapter, image_token_id=image_token_id)
+  original = dict(vision_tower=vision_tower, adapter=adapter, image_token_id=image_token_id, template=template)
   if any(v is not None for v in original.values()) or is_llava_original(path):
+    if template is None:
+      original.pop("template")
     return from_llava_original(path, dtype=dtype, param_dtype=param_dtype, **original)
   return from_hf(path, dtype=dtype, param_dtype=param_dtype)
 

@@ -8,6 +8,7 @@ from visregion_jax import cli
 from visregion_jax.convert import jax_checkpoint
 from visregion_jax.convert.gguf_export import TENSOR_TYPES, check_exportable, default_tensor_type, write_gguf
 from visregion_jax.convert.hf import to_hf
+from visregion_jax.data.templates import TEMPLATES
 from visregion_jax.errors import VisRegionError
 from visregion_jax.loading import load_model, peek_model
 from visregion_jax.models.lvlm import LVLM
@@ -20,6 +21,9 @@ def _add_original_options(parser) -> None:
   group.add_argument("--adapter", default=None, help="a PEFT LoRA adapter directory, merged on import")
   group.add_argument("--image-token-id", type=int, default=None,
                      help="the token id marking image features (default: add an <image> token)")
+  group.add_argument("--template", choices=sorted(TEMPLATES), default=None,
+                     help="the conversation format the checkpoint trained with, written as its chat template "
+                     "(default vicuna_v1: LLaVA-1.5's and Bunny's USER: <image>\\n... ASSISTANT:)")
 
 
 def _parse_size(text: str) -> int:
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
                   "llama.cpp mmproj .gguf file")
   _add_original_options(gg)
   args = parser.parse_args(argv)
-  original = dict(vision_tower=args.vision_tower, adapter=args.adapter,
+  original = dict(vision_tower=args.vision_tower, adapter=args.adapter, template=args.template,
                   image_token_id=args.image_token_id)
 
   def run():
