@@ -93,8 +93,10 @@ class Variant:
     self.name, self.config = name, config
     t = config.train
     self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    from visregion_jax.train.flops import step_flops  # pylint: disable=import-outside-toplevel
     model, self.plan = build_model(config, workdir)
     self.model_config, self.layers = model.config, self.plan.region_layers
+    self.flops = step_flops(model, self.plan)  # the model FLOPs of a host batch, as the logs count them
     graphdef, params, frozen, rest = self.plan.split(model)
     self.graphdef = graphdef
     del model

@@ -6,7 +6,9 @@ every row padded to max_length, padded to the smallest fitting bucket, and packe
 (data.packing). For each: real (non-padding) and supervised tokens per second of
 step time and the padding fraction, as ratios to pad-to-max, all in one run. Then
 the packed run's wall time per step with the batch built in the loop (prefetch 0)
-and prefetched (2), against the compute-only step time.
+and prefetched (2), against the compute-only step time; and the MFU (the model FLOPs
+the training logs count, train/flops.py, over the peak they use) of the region step
+beside a full fine-tune step on the same packed batches.
 
 Usage: python tools/bench_packing.py [--samples 600] [--steps 4] [--batch 4] [--max-length 512]
 Run on an idle machine: the bench reports the cores other processes used meanwhile.
@@ -93,6 +95,31 @@ def _samples(batch: dict) -> int:
   return int((batch["index"] >= 0).sum())
 
 
+def peak():
+  from visregion_jax.train.peak_flops import device_peak  # pylint: disable=import-outside-toplevel
+  return device_peak()
+
+
+def full_variant(workdir: str, tower_dir: str, args):
+  config = demo_config(workdir, tower_dir, strategy="full", lora_rank=0)
+  with config.unlocked():
+    config.data.max_length = args.max_length
+    config.train.batch_size = args.batch
+  return Variant("full", config, workdir)
+
+
+def step_mfu(variant, host: list) -> float:
+  """Model FLOPs per second of step time over the peak, on these batches."""
+  placed = [device_arrays(variant, b) for b in host]
+  variant.step(placed[0])
+  seconds = 0.0
+  for b in placed[1:]:
+    t0 = time.perf_counter()
+    variant.step(b)
+    seconds += time.perf_counter() - t0
+  return sum(variant.flops(b) for b in host[1:]) / seconds / peak().flops_per_sec
+
+
 def wall_per_step(config, variant, steps: int, depth: int) -> float:
   """Median wall seconds per step with batches built in the loop or prefetched."""
   from visregion_jax.convert import load_tokenizer  # pylint: disable=import-outside-toplevel
@@ -139,6 +166,9 @@ def main(argv=None) -> int:
     packed = layout_config(workdir, tower_dir, args, packing=True)
     compute = results["packing"]["step"]
     walls = {depth: wall_per_step(packed, variant, args.steps, depth) for depth in (0, 2)}
+    packed_batches = batches(packed, variant, args.steps + 1)
+    mfu = {name: step_mfu(v, packed_batches) for name, v in
+           (("region", variant), ("full", full_variant(workdir, tower_dir, args)))}
   ref = results["pad to max_length"]
   print("\nratios to pad-to-max (real tok/s, supervised tok/s):")
   for name, r in results.items():
@@ -148,6 +178,8 @@ def main(argv=None) -> int:
   print(f"packing vs buckets, supervised tok/s: {p['supervised'] / p['seconds'] / (b['supervised'] / b['seconds']):.2f}x")
   print(f"packed step wall time: built in the loop {walls[0]:.2f} s ({walls[0] / compute:.2f}x compute), "
         f"prefetched {walls[2]:.2f} s ({walls[2] / compute:.2f}x compute {compute:.2f} s)")
+  print(f"MFU on packed batches: region {mfu['region']:.1%}, full fine-tune {mfu['full']:.1%} "
+        f"(region / full {mfu['region'] / mfu['full']:.2f}x; peak {peak().flops_per_sec / 1e9:.1f} GFLOP/s per device)")
   print(f"other processes used {load.cores:.2f} cores meanwhile"
         + ("  (> 0.1: rerun on an idle machine)" if load.cores > 0.1 else ""))
   return 0
