@@ -40,6 +40,7 @@ KEYS = (
     ("region.lora_alpha", 256.0, "LoRA scale numerator (scale = alpha / rank)"),
     ("region.lora_dropout", 0.05, "dropout on the LoRA input"),
     ("region.train_vision", False, "also train the vision tower (at train.vision_lr)"),
+    ("region.train_projector", True, "train the projector (at train.projector_lr); pruning's healing turns it off"),
 
     ("data.train_json", "", "LLaVA-format training conversations"),
     ("data.eval_json", "", "held-out image QA for answer accuracy and eval loss"),
