@@ -173,19 +173,26 @@ def _without_tower(config):
   return config
 
 
+def check_settings(config) -> None:
+  """Every number and choice of `config`, the mesh against the devices and the batch
+  against the mesh: all validate() checks but files and the model (pruning's healing
+  checks these before its model exists)."""
+  for key, kind, low, high, low_included in RANGES:
+    check_number(key, _get(config, key), kind, low, high, low_included)
+  check_choices(config)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  check_batch(config.train, mesh)
+  if jax.process_count() > 1 and config.train.batch_size % jax.process_count():
+    raise VisRegionError("train.batch_size", f"expected a multiple of the process count {jax.process_count()}")
+
+
 def validate(config, provided=()) -> None:
   """Raises VisRegionError at the first problem of `config` (see the module docstring).
   A multi-process job is joined first, so the mesh is checked against all devices."""
   sharding.maybe_initialize_distributed(config.get("distributed", False))
   provided = set(provided)
-  for key, kind, low, high, low_included in RANGES:
-    check_number(key, _get(config, key), kind, low, high, low_included)
-  check_choices(config)
+  check_settings(config)
   check_paths(config, provided)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-  check_batch(config.train, mesh)
-  if jax.process_count() > 1 and config.train.batch_size % jax.process_count():
-    raise VisRegionError("train.batch_size", f"expected a multiple of the process count {jax.process_count()}")
   depth = model_depth(config, provided)
   if depth > 0:
     TrainingPlan.from_config(config, depth)
