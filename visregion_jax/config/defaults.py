@@ -95,6 +95,16 @@ KEYS = (
     ("prune.calibration_json", "", "calibration conversations; empty = data.train_json"),
     ("prune.batch_size", 8, "calibration batch size"),
     ("prune.scores_json", "", "reuse a scores.json of this model (same depth, block size, metric)"),
+    ("prune.layers", (), "decoder layers of the unpruned model to remove, e.g. (2,6); empty = the prune.k "
+     "chosen by score"),
+    ("prune.iterative", False, "remove one layer at a time and re-score the shallower model (else one-shot)"),
+    ("prune.latency_runs", 10, "timed forward passes per model, interleaved across the models compared"),
+    ("prune.heal_steps", 0, "healing: training steps on the pruned model after removal (0 = no healing)"),
+    ("prune.heal_layers", "region", "layers healing trains: region (renumbered), neighbours (of the removed "
+     "layers) or pruned-model indices such as (0,2)"),
+    ("prune.heal_lora_rank", 0, "0: the heal layers fully updated; > 0: LoRA of this rank on their linears"),
+    ("prune.heal_lora_alpha", 16.0, "healing LoRA scale numerator (scale = alpha / rank)"),
+    ("prune.heal_lr", 1e-4, "peak learning rate of healing (batch, schedule, checkpoints: train.*)"),
 
     ("mesh.data", 1, "data-parallel axis size (-1 = all remaining devices)"),
     ("mesh.fsdp", -1, "fully sharded data-parallel axis size"),

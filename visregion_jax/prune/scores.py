@@ -76,7 +76,3 @@ def layer_scores(model, batches: Iterable[dict], *, metric: str = "block_influen
     raise VisRegionError("prune.calibration", "expected calibration batches with at least one counted token")
   return total / count
 
-
-def check_scores_match(scores, model, where: str) -> None:
-  if len(scores) != len(model.layers):
-    raise VisRegionError(where, f"expected {len(model.layers)} layer scores for this model, got {len(scores)}")
