@@ -265,13 +265,13 @@ class PruneRun:
     with open(self.log_path, encoding="utf-8") as f:
       return f.read()
 
-  def finish(self) -> "PruneRun":
+  def finish(self, status: int = 0) -> "PruneRun":
     try:
       self.proc.wait(timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired:
       self.proc.kill()
       pytest.fail(f"prune did not finish in {RUN_TIMEOUT}s:\n{self.log()[-4000:]}")
-    assert self.proc.returncode == 0, self.log()[-4000:]
+    assert self.proc.returncode == status, self.log()[-4000:]
     return self
 
   def losses(self) -> dict:
@@ -324,3 +324,14 @@ def test_healing_killed_after_a_checkpoint_resumes_bit_exactly(root, inputs, tra
   assert "resumed from step 2" in resumed.log()
   assert resumed.losses() == healed.losses()
   assert changed(tensors(healed.workdir, "prune", "hf"), tensors(workdir, "prune", "hf")) == set()
+
+
+def test_sigterm_during_healing_checkpoints_and_exits_as_train_does(root, inputs, trained, healed):
+  """SIGTERM after healing step 3: checkpoint 3, the line naming it, exit 143, no
+  traceback. (After `healed`, whose compiled programs the cache then holds.)"""
+  workdir = train_fixtures.copy_tree(trained, str(root / "sigterm"))
+  run = PruneRun(root, inputs, workdir, "sigterm", flags=["--signal-after-step", "3", "--signal", "TERM"])
+  run.finish(status=128 + signal.SIGTERM)
+  checkpoint = os.path.join(workdir, "prune", "heal", "checkpoints", "3")
+  assert f"stopped by SIGTERM after step 3; checkpoint {checkpoint}; run the same command again" in run.log()
+  assert "Traceback" not in run.log() and os.path.isdir(checkpoint)
