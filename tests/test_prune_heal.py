@@ -30,6 +30,7 @@ from test_train_distributed import subprocess_env
 from visregion_jax import prune
 from visregion_jax.config.loading import load_config
 from visregion_jax.convert import load_tokenizer
+from visregion_jax.data.calibration import calibration_batches
 from visregion_jax.data.from_config import data_config_for
 from visregion_jax.loading import load_model
 from visregion_jax.prune import heal, job, latency, selection
@@ -162,7 +163,7 @@ def scoring(inputs, trained):
   tokenizer = load_tokenizer(hf_dir)
   data_config = data_config_for(config, model, tokenizer, hf_dir)
   source = job.calibration_source(config)
-  return model, lambda: job.calibration_batches(source, tokenizer, data_config, 8, 4, config.seed)
+  return model, lambda: calibration_batches(source, tokenizer, data_config, 8, 4, config.seed)
 
 
 def settings(**changes):

@@ -17,9 +17,9 @@ from visregion_jax.convert import jax_checkpoint
 from visregion_jax.convert.gguf_file import resolve_model_path
 from visregion_jax.convert.tensor_files import read_json_object
 from visregion_jax.errors import VisRegionError
+from visregion_jax.layer_influence import METRICS, TOKEN_SUBSETS
 from visregion_jax.models.lvlm import LVLMConfig
 from visregion_jax.prune.heal import heal_config, heal_spec
-from visregion_jax.prune.scores import METRICS, TOKEN_SUBSETS
 from visregion_jax.prune.selection import choose_layers, read_scores
 from visregion_jax.train.trained import is_training_workdir
 from visregion_jax.train.validate import INT, NUMBER, check_number, check_paths, check_settings, model_depth

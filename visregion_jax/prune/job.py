@@ -28,19 +28,17 @@ model loads (prune/checks.py). Everything lands in WORKDIR/prune/:
 Calibration uses the first `prune.calibration_samples` usable samples of
 `prune.calibration_json` (default: the training data) in the order of
 numpy.random.default_rng(seed).permutation, through the training pipeline's loader
-and collate, streamed a batch at a time. The region is the training run's
+and collate, streamed a batch at a time (data/calibration.py). The region is the training run's
 WORKDIR/region.json, else the config's region settings.
 """
 
 import json
 import os
 
-import numpy as np
-
 from visregion_jax import plots, prune
 from visregion_jax.console import log_line
 from visregion_jax.convert import load_tokenizer, to_hf
-from visregion_jax.data import pipeline, sources
+from visregion_jax.data import calibration, sources
 from visregion_jax.data.from_config import data_config_for, open_source
 from visregion_jax.errors import VisRegionError
 from visregion_jax.loading import load_model
@@ -62,25 +60,6 @@ def calibration_source(config):
   return source
 
 
-def calibration_batches(source, tokenizer, data_config, num_samples: int, batch_size: int, seed: int):
-  """Collated batches of the first `num_samples` usable samples in a seeded order."""
-  loader = pipeline.SampleLoader(source, tokenizer, data_config)
-  records, used = [], 0
-  for index in np.random.default_rng(seed).permutation(len(source)):
-    if used == num_samples:
-      break
-    record = loader(index)
-    if "skip" in record:
-      continue
-    records.append(record)
-    used += 1
-    if len(records) == batch_size:
-      yield pipeline.collate(records, data_config)
-      records = []
-  if records:
-    yield pipeline.collate(records, data_config)
-
-
 class PruneJob:
   """One prune command: the checked settings, the model's tokenizer and data settings,
   and the report as it fills in."""
@@ -99,7 +78,7 @@ class PruneJob:
 
   def batches(self):
     p = self.p
-    return calibration_batches(self.source, self.tokenizer, self.data_config, p.calibration_samples,
+    return calibration.calibration_batches(self.source, self.tokenizer, self.data_config, p.calibration_samples,
                                p.batch_size, self.config.seed)
 
   def prepare_data(self, model) -> None:
