@@ -44,12 +44,14 @@ class TrainingPlan:
   train_projector: bool = True
 
   @classmethod
-  def from_config(cls, config, num_layers: int) -> "TrainingPlan":
-    """The plan of a training config's `region` section for a decoder of `num_layers`."""
+  def from_config(cls, config, num_layers: int, layers=None) -> "TrainingPlan":
+    """The plan of a training config's `region` section for a decoder of `num_layers`;
+    `layers` are the region when something else chose them (the `scored` probe)."""
     r = config.region
     if not isinstance(r.lora_rank, int) or r.lora_rank < 0:
       raise VisRegionError("region.lora_rank", f"expected 0 (full update) or a positive rank, got {r.lora_rank!r}")
-    layers = region.select_layers(num_layers, r.fraction, r.strategy, list(r.get("layers") or ()))
+    if layers is None:
+      layers = region.select_layers(num_layers, r.fraction, r.strategy, list(r.get("layers") or ()))
     train_projector = bool(r.get("train_projector", True))  # a run's config.json from before the key
     if not (layers or train_projector or r.train_vision):
       raise VisRegionError("region.train_projector", "expected something to train: region layers, the projector "
