@@ -11,6 +11,11 @@ JAX_PROCESS_ID in the environment.
       [--stall-after-step N] [--hang-before-commit N --marker FILE]
       [--signal-after-step N --signal TERM|INT [--signal-count K]]
       -- --config FILE --config.KEY=VALUE ...
+  python tests/run_tiny_training.py --prune [--stall-after-step N --marker FILE] -- ...
+
+--prune runs the prune command's job instead (`visregion_jax.prune.job.run`), whose
+healing trains through the same loop, so the options below act on healing's steps;
+it writes no .npz (the healed model is the job's WORKDIR/prune/hf).
 
 --stall-after-step and --hang-before-commit make the run stop making progress at a
 known point (after the metrics line of step N; inside orbax's commit of checkpoint N,
@@ -31,7 +36,8 @@ STALL_SECONDS = 600  # outlasts the test's wait; bounds an orphan if the test it
 
 def parse_args(argv):
   parser = argparse.ArgumentParser()
-  parser.add_argument("--params-out", required=True)
+  parser.add_argument("--params-out", default="")
+  parser.add_argument("--prune", action="store_true")
   parser.add_argument("--initial-params-out", default="")
   parser.add_argument("--stall-after-step", type=int, default=0)
   parser.add_argument("--hang-before-commit", type=int, default=0)
@@ -41,6 +47,8 @@ def parse_args(argv):
   parser.add_argument("--signal-count", type=int, default=1)
   parser.add_argument("config_args", nargs=argparse.REMAINDER)
   args = parser.parse_args(argv)
+  if not (args.prune or args.params_out):
+    parser.error("--params-out is required (without --prune)")
   if args.config_args[:1] == ["--"]:
     args.config_args = args.config_args[1:]
   return args
@@ -157,7 +165,11 @@ def main(argv=None) -> int:
   from visregion_jax import cli  # pylint: disable=import-outside-toplevel
 
   def body():
-    save_params(args.params_out, train.run(config)["model"])
+    if args.prune:
+      from visregion_jax.prune import job  # pylint: disable=import-outside-toplevel
+      job.run(config)
+    else:
+      save_params(args.params_out, train.run(config)["model"])
   return cli.run_main(body)
 
 

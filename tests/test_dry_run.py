@@ -233,6 +233,14 @@ def test_decoder_and_tower_config_json(tmp_path):
                                "region": region}
 
 
+def test_scored_region_is_sized_before_the_probe(tmp_path):
+  """`scored` layers are picked when training builds the model; the dry run counts as
+  many layers (the lowest: no choice needs more memory) and says so."""
+  e = dry_run.estimate(tiny_config(tmp_path, llava=True, lora_rank=8, strategy="scored", fraction=0.5))
+  assert e["scored"] and e["param_counts"] == tiny_counts(96, 8, 2)
+  assert "region layers (2 of 4): chosen by the scored probe when training starts" in dry_run.format_report(e)
+
+
 def test_unknown_model_is_a_config_error(tmp_path):
   config = tiny_config(tmp_path, llava=True)
   with config.unlocked():

@@ -17,6 +17,7 @@ from visregion_jax.plan import FROZEN, LORA, PROJECTOR, REGION, VISION, Training
 FULL = TrainingPlan(region_layers=(1, 3))
 LORA_PLAN = TrainingPlan(region_layers=(1, 3), lora_rank=4, lora_alpha=8.0)
 WITH_TOWER = TrainingPlan(region_layers=(1,), train_vision=True)
+HEALING = TrainingPlan(region_layers=(1,), train_projector=False)  # pruning's healing
 PARAM, FACTOR = nnx.Param(np.zeros(1)), nnx.LoRAParam(np.zeros(1))
 
 # (plan, path, variable, label): every kind of parameter an LVLM or a decoder has.
@@ -39,6 +40,8 @@ TABLE = [
     (LORA_PLAN, ("layers", 1, "mlp", "up_proj", "named_lora_a"), PARAM, FROZEN),  # type, not name
     (LORA_PLAN, ("projector", "linear_2", "bias"), PARAM, PROJECTOR),
     (TrainingPlan(region_layers=()), ("layers", 0, "mlp", "up_proj", "kernel"), PARAM, FROZEN),
+    (HEALING, ("projector", "linear_1", "kernel"), PARAM, FROZEN),
+    (HEALING, ("language_model", "layers", 1, "self_attn", "q_proj", "kernel"), PARAM, REGION),
 ]
 
 
@@ -74,7 +77,8 @@ def test_from_config(region, layers, rank):
 
 @pytest.mark.parametrize("region, key", [
     ({"lora_rank": -1}, "region.lora_rank"), ({"fraction": 0.0}, "region.fraction"),
-    ({"strategy": "explicit", "layers": (40,)}, "region.layers"), ({"strategy": "random"}, "region.strategy")])
+    ({"strategy": "explicit", "layers": (40,)}, "region.layers"), ({"strategy": "random"}, "region.strategy"),
+    ({"strategy": "none", "train_projector": False}, "region.train_projector")])
 def test_from_config_errors(region, key):
   with pytest.raises(VisRegionError, match=key):
     TrainingPlan.from_config(region_config(**region), 32)
@@ -158,3 +162,4 @@ def test_describe():
   assert FULL.describe() == "region layers [1, 3]; full update"
   assert LORA_PLAN.describe() == "region layers [1, 3]; LoRA r=4"
   assert TrainingPlan(region_layers=()).describe() == "projector only"
+  assert HEALING.describe() == "region layers [1]; full update; projector frozen"

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -27,13 +26,13 @@ from visregion_jax.config.loading import load_config
 from visregion_jax.data import pipeline, sources
 from visregion_jax.data.from_config import data_config_for
 from visregion_jax.errors import VisRegionError
-from visregion_jax.prune import job as prune_cli
+from visregion_jax.prune import selection
 from visregion_jax.prune.__main__ import main as prune_main
 from visregion_jax.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_LAYERS, REGION = 4, [1]  # uniform, fraction 0.25 of 4 layers (see test_train.py)
-SMALL = {"eval.num_samples": 4, "eval.max_new_tokens": 2, "prune.calibration_samples": 8,
+SMALL = {"eval.num_samples": 4, "eval.max_new_tokens": 2, "prune.calibration_samples": 8, "prune.latency_runs": 3,
          "prune.batch_size": 4}
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
@@ -164,7 +163,7 @@ def test_export_is_the_original_without_the_removed_layers(runs, k):
     torch.testing.assert_close(new[name], old[name], rtol=0, atol=0)
   report = read(workdir, "report.json")
   assert report["before"]["num_params"] == sum(p.numel() for p in before.parameters())
-  assert report["after"]["num_params"] == sum(p.numel() for p in after.parameters())
+  assert report["pruned"]["num_params"] == sum(p.numel() for p in after.parameters())
 
 
 def test_pruned_export_answers_through_transformers_processor(runs):
@@ -179,9 +178,10 @@ def report_table(workdir) -> list:
 @pytest.mark.parametrize("k", [1, 2])
 def test_report_has_every_metric_before_and_after(runs, k):
   report = read(runs[k][0], "report.json")
-  for side in ("before", "after"):
+  for side in ("before", "pruned"):
     m = report[side]
     assert 0.0 < m["forward_latency_s"] < 60.0
+    assert m["forward_latency"]["min_s"] <= m["forward_latency_s"] <= m["forward_latency"]["max_s"]
     assert m["num_params"] > 0
     if k == 1:
       assert 0.0 <= m["eval_accuracy"] <= 1.0
@@ -191,24 +191,20 @@ def test_report_has_every_metric_before_and_after(runs, k):
   assert report["num_layers"] == {"before": NUM_LAYERS, "after": NUM_LAYERS - k}
   shifted = [i - sum(r < i for r in report["removed"]) for i in REGION]  # layers below were dropped
   assert report["region"] == {"before": REGION, "after": shifted}
+  assert report["selection"]["mode"] == "one-shot" and report["heal"] is None and report["healed"] is None
   table = report_table(runs[k][0])
-  assert len(table) == 2 + 4  # header, rule, the four metrics
+  assert len(table) == 2 + 6  # header, rule, accuracy, perplexity, three latency rows, parameters
   assert sum("| n/a | n/a |" in line for line in table) == (0 if k == 1 else 2)
-
-
-def prune_settings(**changes):
-  return ml_collections.ConfigDict({"k": 1, "block_size": 1, "contiguous": False, "allow_region": False,
-                                    **changes})
 
 
 def test_block_scores_select_only_layers_where_a_full_block_starts():
   # Blocks of 2 in a 4-layer model: entries 0..2 score blocks [i, i+1], layer 3 has none.
   scores = [0.1, 0.5, 0.05, None]
-  assert prune_cli.choose_layers(scores, prune_settings(k=1, block_size=2), (1,)) == (2,)
-  assert prune_cli.choose_layers(scores, prune_settings(k=2, block_size=2), ()) == (0, 2)
+  assert selection.choose_layers(scores, 1, (1,)) == (2,)
+  assert selection.choose_layers(scores, 2, ()) == (0, 2)
   # Contiguous: the block of k=2 with the lowest score that avoids the region.
-  assert prune_cli.choose_layers([0.3, 0.2, 0.1, None], prune_settings(k=2, contiguous=True), (3,)) == (1, 2)
-  assert prune_cli.choose_layers([0.3, 0.2, 0.1, None], prune_settings(k=2, contiguous=True), ()) == (2, 3)
+  assert selection.choose_layers([0.3, 0.2, 0.1, None], 2, (3,), contiguous=True) == (1, 2)
+  assert selection.choose_layers([0.3, 0.2, 0.1, None], 2, (), contiguous=True) == (2, 3)
 
 
 @pytest.mark.parametrize("saved, block, expected", [
@@ -218,16 +214,14 @@ def test_block_scores_select_only_layers_where_a_full_block_starts():
     ({"layer_scores": "0.1", "metric": "block_influence"}, 1, "expected a list"),
 ])
 def test_reused_scores_must_fit_the_configuration(tmp_path, saved, block, expected):
-  class FourLayers:  # read_scores only asks for the depth
-    layers = [None] * NUM_LAYERS
   path = tmp_path / "scores.json"
   path.write_text(json.dumps(saved))
   with pytest.raises(VisRegionError, match=expected):
-    prune_cli.read_scores(str(path), FourLayers, block, "block_influence")
+    selection.read_scores(str(path), NUM_LAYERS, block, "block_influence")
   saved.update(layer_scores=[0.1, 0.2, 0.3, 0.4][:NUM_LAYERS - block + 1] + [None] * (block - 1),
                metric="block_influence")
   path.write_text(json.dumps(saved))
-  assert prune_cli.read_scores(str(path), FourLayers, block, "block_influence") == saved["layer_scores"]
+  assert selection.read_scores(str(path), NUM_LAYERS, block, "block_influence") == saved["layer_scores"]
 
 
 def error_lines(capsys) -> list:

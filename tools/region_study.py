@@ -38,6 +38,7 @@ from visregion_jax import cli, plots, prune, region
 from visregion_jax.config.loading import load_config
 from visregion_jax.console import log_line
 from visregion_jax.convert import load_tokenizer
+from visregion_jax.data.calibration import calibration_batches
 from visregion_jax.data.from_config import data_config_for
 from visregion_jax.errors import VisRegionError
 from visregion_jax.evaluation import evaluate
@@ -163,8 +164,8 @@ def prune_arm(config, workdir: str, arm: str, max_k: int) -> dict:
   tokenizer = load_tokenizer(model.config.source)
   data_config = data_config_for(c, model, tokenizer, hf_dir)
   source = prune_job.calibration_source(c)
-  batches = lambda: prune_job.calibration_batches(source, tokenizer, data_config, c.prune.calibration_samples,
-                                                  c.prune.batch_size, c.seed)
+  batches = lambda: calibration_batches(source, tokenizer, data_config, c.prune.calibration_samples,
+                                        c.prune.batch_size, c.seed)
   keep = protected_layers(config, len(model.layers))
   if "scores" not in saved:
     log_line(f"study: scoring the layers of the {arm}-trained model")

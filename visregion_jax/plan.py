@@ -41,16 +41,24 @@ class TrainingPlan:
   lora_alpha: float = 0.0
   lora_dropout: float = 0.0
   train_vision: bool = False
+  train_projector: bool = True
 
   @classmethod
-  def from_config(cls, config, num_layers: int) -> "TrainingPlan":
-    """The plan of a training config's `region` section for a decoder of `num_layers`."""
+  def from_config(cls, config, num_layers: int, layers=None) -> "TrainingPlan":
+    """The plan of a training config's `region` section for a decoder of `num_layers`;
+    `layers` are the region when something else chose them (the `scored` probe)."""
     r = config.region
     if not isinstance(r.lora_rank, int) or r.lora_rank < 0:
       raise VisRegionError("region.lora_rank", f"expected 0 (full update) or a positive rank, got {r.lora_rank!r}")
-    layers = region.select_layers(num_layers, r.fraction, r.strategy, list(r.get("layers") or ()))
+    if layers is None:
+      layers = region.select_layers(num_layers, r.fraction, r.strategy, list(r.get("layers") or ()))
+    train_projector = bool(r.get("train_projector", True))  # a run's config.json from before the key
+    if not (layers or train_projector or r.train_vision):
+      raise VisRegionError("region.train_projector", "expected something to train: region layers, the projector "
+                           "or the vision tower")
     return cls(region_layers=tuple(layers), lora_rank=r.lora_rank, lora_alpha=float(r.lora_alpha),
-               lora_dropout=float(r.lora_dropout), train_vision=bool(r.train_vision))
+               lora_dropout=float(r.lora_dropout), train_vision=bool(r.train_vision),
+               train_projector=train_projector)
 
   @classmethod
   def from_json(cls, d: dict) -> "TrainingPlan":
@@ -65,16 +73,17 @@ class TrainingPlan:
 
   def describe(self) -> str:
     if not self.region_layers:
-      return "projector only"
+      return "projector only" if self.train_projector else "vision tower only"
     update = f"LoRA r={self.lora_rank}" if self.uses_lora else "full update"
-    return f"region layers {list(self.region_layers)}; {update}"
+    return f"region layers {list(self.region_layers)}; {update}" + ("" if self.train_projector else
+                                                                   "; projector frozen")
 
   # --- labels ---------------------------------------------------------------------
   def label(self, path: tuple, variable) -> str:
     """The group of one parameter (path from `nnx.to_flat_state`, its Variable)."""
     path = tuple(path)
     if path[0] == "projector":
-      return PROJECTOR
+      return PROJECTOR if self.train_projector else FROZEN
     if path[0] == "vision_tower":
       return VISION if self.train_vision else FROZEN
     layer = decoder_layer_of(path)

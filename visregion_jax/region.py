@@ -10,13 +10,18 @@ position. Lists it gives for fraction 0.25:
   32 layers (Vicuna-7B, Llama-3-8B, Phi-3-mini): 1, 5, 9, 13, 19, 23, 27, 31 (official)
   40 layers (Vicuna-13B): 1, 5, 9, 13, 17, 23, 27, 31, 35, 39 (a reconstruction: the
     paper's 40-layer list is not published)
+
+`scored` picks the same number of layers from a probe of the model on training data
+(train/region_probe.py measures each layer's block influence on image tokens;
+`scored_layers` here picks the highest), by default half from each half of the
+decoder as the paper's spread does (`region.scored_halves`).
 """
 
 import math
 
 from visregion_jax.errors import VisRegionError
 
-STRATEGIES = ("uniform", "explicit", "first", "last", "full", "none")
+STRATEGIES = ("uniform", "explicit", "first", "last", "full", "none", "scored")
 
 
 def region_size(num_layers: int, fraction: float) -> int:
@@ -33,15 +38,40 @@ def _spread(size: int, count: int) -> list:
   return [start + math.floor(j * size / count) for j in range(count)]
 
 
+def _half_counts(num_layers: int, k: int) -> tuple:
+  """(layers from the lower half, from the upper half): ceil(k/2) below unless the lower
+  half (num_layers // 2 layers) is smaller than that."""
+  lower = num_layers // 2
+  k_lower = min((k + 1) // 2, lower)
+  return k_lower, k - k_lower
+
+
+def scored_layers(scores, fraction: float, halves: bool = True) -> tuple:
+  """The region of `scored`: the region_size(len(scores), fraction) layers with the
+  highest scores (ties: the lower index), with `halves` as many from each half of the
+  decoder as `uniform` takes."""
+  num_layers = len(scores)
+  k = region_size(num_layers, fraction)
+  by_score = lambda layers: sorted(layers, key=lambda i: (-scores[i], i))
+  if not halves:
+    return tuple(sorted(by_score(range(num_layers))[:k]))
+  k_lower, k_upper = _half_counts(num_layers, k)
+  lower = num_layers // 2
+  return tuple(sorted(by_score(range(lower))[:k_lower] + by_score(range(lower, num_layers))[:k_upper]))
+
+
 def select_layers(num_layers: int, fraction: float = 0.25, strategy: str = "uniform",
                   layers=None) -> tuple:
-  """Sorted indices of the region's decoder layers."""
+  """Sorted indices of the region's decoder layers (`scored` excepted: scored_layers)."""
   if not isinstance(num_layers, int) or num_layers < 1:
     raise VisRegionError("num_layers", f"expected a positive integer, got {num_layers!r}")
   if strategy not in STRATEGIES:
     raise VisRegionError("region.strategy", f"expected one of {list(STRATEGIES)}, got {strategy!r}")
   if strategy == "none":
     return ()
+  if strategy == "scored":
+    raise VisRegionError("region.strategy", "expected the probe's layer scores for scored (the training "
+                         "builder measures them; a scored run's region is in WORKDIR/region.json)")
   if strategy == "full":
     return tuple(range(num_layers))
   if strategy == "explicit":
@@ -58,9 +88,7 @@ def select_layers(num_layers: int, fraction: float = 0.25, strategy: str = "unif
     return tuple(range(num_layers - k, num_layers))
   lower = num_layers // 2
   upper = num_layers - lower
-  k_lower, k_upper = (k + 1) // 2, k // 2
-  if k_lower > lower:  # tiny models: fewer lower-half layers than the lower share
-    k_lower, k_upper = lower, k - lower
+  k_lower, k_upper = _half_counts(num_layers, k)  # tiny models: fewer lower-half layers than the lower share
   below = _spread(lower, k_lower)
   above = [num_layers - 1 - math.floor(j * upper / k_upper) for j in range(k_upper)]
   return tuple(sorted(below + above))

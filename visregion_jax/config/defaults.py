@@ -33,13 +33,17 @@ KEYS = (
     ("model.dtype", "", "compute dtype; empty = float32 on CPU, bfloat16 on accelerators"),
     ("model.remat", False, "recompute each decoder layer in the backward pass (less memory)"),
 
-    ("region.strategy", "uniform", "uniform (the paper's spread), explicit, first, last, full, none"),
+    ("region.strategy", "uniform", "uniform (the paper's spread), explicit, first, last, full, none, or scored "
+     "(by a probe of the model on training data: block influence on image tokens)"),
     ("region.fraction", 0.25, "share of decoder layers in the region"),
     ("region.layers", (), "layer indices for strategy explicit"),
+    ("region.probe_samples", 64, "scored: training samples the probe runs on (in the seed's order)"),
+    ("region.scored_halves", True, "scored: as many layers from each half of the decoder as uniform takes"),
     ("region.lora_rank", 128, "0: region layers fully updated; > 0: LoRA of this rank on their linears"),
     ("region.lora_alpha", 256.0, "LoRA scale numerator (scale = alpha / rank)"),
     ("region.lora_dropout", 0.05, "dropout on the LoRA input"),
     ("region.train_vision", False, "also train the vision tower (at train.vision_lr)"),
+    ("region.train_projector", True, "train the projector (at train.projector_lr); pruning's healing turns it off"),
 
     ("data.train_json", "", "LLaVA-format training conversations"),
     ("data.eval_json", "", "held-out image QA for answer accuracy and eval loss"),
@@ -92,8 +96,18 @@ KEYS = (
     ("prune.allow_region", False, "baseline: region layers may be removed too"),
     ("prune.calibration_samples", 64, "samples the scores are computed on"),
     ("prune.calibration_json", "", "calibration conversations; empty = data.train_json"),
-    ("prune.batch_size", 8, "calibration batch size"),
+    ("prune.batch_size", 8, "calibration batch size (pruning's scores, the scored region's probe)"),
     ("prune.scores_json", "", "reuse a scores.json of this model (same depth, block size, metric)"),
+    ("prune.layers", (), "decoder layers of the unpruned model to remove, e.g. (2,6); empty = the prune.k "
+     "chosen by score"),
+    ("prune.iterative", False, "remove one layer at a time and re-score the shallower model (else one-shot)"),
+    ("prune.latency_runs", 10, "timed forward passes per model, interleaved across the models compared"),
+    ("prune.heal_steps", 0, "healing: training steps on the pruned model after removal (0 = no healing)"),
+    ("prune.heal_layers", "region", "layers healing trains: region (renumbered), neighbours (of the removed "
+     "layers) or pruned-model indices such as (0,2)"),
+    ("prune.heal_lora_rank", 0, "0: the heal layers fully updated; > 0: LoRA of this rank on their linears"),
+    ("prune.heal_lora_alpha", 16.0, "healing LoRA scale numerator (scale = alpha / rank)"),
+    ("prune.heal_lr", 1e-4, "peak learning rate of healing (batch, schedule, checkpoints: train.*)"),
 
     ("mesh.data", 1, "data-parallel axis size (-1 = all remaining devices)"),
     ("mesh.fsdp", -1, "fully sharded data-parallel axis size"),

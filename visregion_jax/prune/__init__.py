@@ -1,9 +1,8 @@
 """Visual-region-based pruning: score decoder layers, drop the least important ones
 outside the region. `python -m visregion_jax.prune` is the command (prune/job.py runs
-it: scores, report, export)."""
+it: checks, scores, selection, healing, report, export)."""
 
+from visregion_jax.layer_influence import METRICS, TOKEN_SUBSETS, layer_scores
 from visregion_jax.prune.layers import drop_layers, layers_to_remove, remap_layers
-from visregion_jax.prune.scores import METRICS, TOKEN_SUBSETS, check_scores_match, layer_scores
 
-__all__ = ["METRICS", "TOKEN_SUBSETS", "check_scores_match", "drop_layers", "layer_scores",
-           "layers_to_remove", "remap_layers"]
+__all__ = ["METRICS", "TOKEN_SUBSETS", "drop_layers", "layer_scores", "layers_to_remove", "remap_layers"]

@@ -1,9 +1,11 @@
 """The pruning job of `python -m visregion_jax.prune --config configs/NAME.py`.
 
 Prunes the model of a region training run (`WORKDIR/hf`, or `prune.model`): scores
-its decoder layers on calibration samples, removes the `prune.k` least important
-layers outside the visual region, exports the shallower model and measures both.
-Everything lands in WORKDIR/prune/:
+its decoder layers on calibration samples, removes layers outside the visual region
+(prune/selection.py: the `prune.layers` given, or `prune.k` chosen one-shot or
+`prune.iterative`), optionally heals the shallower model by a short training
+(prune/heal.py), exports it and measures every stage. Every key is checked before the
+model loads (prune/checks.py). Everything lands in WORKDIR/prune/:
 
   scores.json  {"layer_scores", "region", "removed", "metric"}, layer indices of the
                model before pruning. layer_scores has one entry per decoder layer:
@@ -13,105 +15,44 @@ Everything lands in WORKDIR/prune/:
                block starts there) and those layers are never removed. With b = 1 it
                is simply one score per layer. `prune.scores_json` reuses such a file.
   scores.png   the scores as bars, region and removed layers in their own colours
-  hf/          the pruned model (transformers loads it with L - k layers)
+  hf/          the pruned model, healed when prune.heal_steps > 0 (transformers loads
+               it with L - k layers)
+  pruned/      with healing: the pruned model before healing (healing's init_from)
+  heal/        with healing: its training workdir (checkpoints, metrics.jsonl); a rerun
+               of the command resumes healing from its last checkpoint
   report.md, report.json  held-out answer accuracy, text perplexity, forward latency
-               and parameter count, before and after pruning
+               (min / median / spread, with warnings when the comparison is not to be
+               trusted: prune/latency.py) and parameter count before pruning, after
+               it and after healing; how the layers were chosen and healed
 
 Calibration uses the first `prune.calibration_samples` usable samples of
 `prune.calibration_json` (default: the training data) in the order of
 numpy.random.default_rng(seed).permutation, through the training pipeline's loader
-and collate, streamed a batch at a time. The region is the training run's
+and collate, streamed a batch at a time (data/calibration.py). The region is the training run's
 WORKDIR/region.json, else the config's region settings.
 """
 
 import json
-import math
 import os
 
-import numpy as np
-
-from visregion_jax import plots, prune, region
+from visregion_jax import plots, prune
 from visregion_jax.console import log_line
 from visregion_jax.convert import load_tokenizer, to_hf
-from visregion_jax.convert.tensor_files import read_json_object
-from visregion_jax.data import pipeline, sources
+from visregion_jax.data import calibration, sources
 from visregion_jax.data.from_config import data_config_for, open_source
 from visregion_jax.errors import VisRegionError
 from visregion_jax.loading import load_model
-from visregion_jax.prune.report import METRICS, measure, write_report
-from visregion_jax.publish import write_file_atomically
-
-
-def model_dir_of(config, workdir: str) -> str:
-  if config.prune.model:
-    return config.prune.model
-  path = os.path.join(workdir, "hf")
-  if not os.path.isdir(path):
-    raise VisRegionError(path, "expected the training run's HF export (train.export_hf), or set prune.model")
-  return path
-
-
-def region_of(config, workdir: str, num_layers: int) -> tuple:
-  path = os.path.join(workdir, "region.json")
-  if not os.path.isfile(path):
-    r = config.region
-    return region.select_layers(num_layers, r.fraction, r.strategy, list(r.get("layers") or ()))
-  saved = read_json_object(path)
-  if saved.get("num_layers") != num_layers:
-    raise VisRegionError(path, f"expected the region of a {num_layers}-layer model (the model to prune), "
-                         f"got one of {saved.get('num_layers')} layers")
-  layers = saved.get("region_layers")
-  if not isinstance(layers, list) or any(not isinstance(i, int) or not 0 <= i < num_layers for i in layers):
-    raise VisRegionError(f"{path}: region_layers", f"expected a list of layer indices in [0, {num_layers})")
-  return tuple(layers)
-
-
-def block_size_of(p, num_layers: int) -> int:
-  """Layers per scored block: prune.k for contiguous selection, else prune.block_size."""
-  if not p.contiguous:
-    if not 1 <= p.block_size <= num_layers:
-      raise VisRegionError("prune.block_size", f"expected 1..{num_layers}, got {p.block_size}")
-    return p.block_size
-  if not 0 < p.k < num_layers:
-    raise VisRegionError("prune.k", f"expected 0 < k < {num_layers} (the model's layers), got {p.k}")
-  if p.block_size not in (1, p.k):
-    raise VisRegionError("prune.block_size", f"expected 1 or prune.k={p.k} with prune.contiguous "
-                         f"(blocks of k layers are scored), got {p.block_size}")
-  return p.k
-
-
-def choose_layers(scores: list, p, region_layers) -> tuple:
-  """prune.layers_to_remove over the layers that have a score (nulls trail)."""
-  scored = [s for s in scores if s is not None]
-  if p.contiguous:  # starts of blocks that fit are exactly the scored entries
-    padded = scored + [math.inf] * (len(scores) - len(scored))
-    return prune.layers_to_remove(padded, p.k, region_layers, contiguous=True, allow_region=p.allow_region)
-  inside = [i for i in region_layers if i < len(scored)]
-  return prune.layers_to_remove(scored, p.k, inside, allow_region=p.allow_region)
-
-
-def read_scores(path: str, model, block: int, metric: str) -> list:
-  """layer_scores of a scores.json, checked against this model, block size and metric."""
-  saved = read_json_object(path)
-  scores = saved.get("layer_scores")
-  if not isinstance(scores, list):
-    raise VisRegionError(f"{path}: layer_scores", "expected a list")
-  prune.check_scores_match(scores, model, path)
-  if saved.get("metric") != metric:
-    raise VisRegionError(f"{path}: metric", f"expected prune.metric={metric!r}, got {saved.get('metric')!r}")
-  numbers = len(scores) - block + 1
-  if (any(isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) for s in scores[:numbers])
-      or any(s is not None for s in scores[numbers:])):
-    raise VisRegionError(f"{path}: layer_scores", f"expected scores of blocks of {block} layers "
-                         f"({numbers} finite numbers, then {block - 1} nulls)")
-  return [float(s) if s is not None else None for s in scores]
+from visregion_jax.models.lvlm import LVLM
+from visregion_jax.prune import checks
+from visregion_jax.prune.heal import heal, heal_layers
+from visregion_jax.prune.latency import time_models
+from visregion_jax.prune.report import add_latency, quality, write_report
+from visregion_jax.prune.selection import select
+from visregion_jax.publish import replace_directory, write_file_atomically
 
 
 def calibration_source(config):
   p = config.prune
-  for key in ("calibration_samples", "batch_size"):
-    if p[key] < 1:
-      raise VisRegionError(f"prune.{key}", f"expected at least 1, got {p[key]}")
   source = sources.JsonSource(p.calibration_json, config.data.image_root) if p.calibration_json \
       else open_source(config.data, "train")
   if source is None or len(source) == 0:
@@ -119,70 +60,106 @@ def calibration_source(config):
   return source
 
 
-def calibration_batches(source, tokenizer, data_config, num_samples: int, batch_size: int, seed: int):
-  """Collated batches of the first `num_samples` usable samples in a seeded order."""
-  loader = pipeline.SampleLoader(source, tokenizer, data_config)
-  records, used = [], 0
-  for index in np.random.default_rng(seed).permutation(len(source)):
-    if used == num_samples:
-      break
-    record = loader(index)
-    if "skip" in record:
-      continue
-    records.append(record)
-    used += 1
-    if len(records) == batch_size:
-      yield pipeline.collate(records, data_config)
-      records = []
-  if records:
-    yield pipeline.collate(records, data_config)
+class PruneJob:
+  """One prune command: the checked settings, the model's tokenizer and data settings,
+  and the report as it fills in."""
+
+  def __init__(self, config):
+    self.config, self.p = config, config.prune
+    self.workdir = os.path.abspath(config.workdir)
+    self.out_dir = os.path.join(self.workdir, "prune")
+    self.checked = checks.check(config, self.workdir)
+    self.source = calibration_source(config)
+    self.tokenizer = self.data_config = self.latency_batch = None
+    self.is_lvlm = False
+
+  def load(self):
+    return load_model(self.checked.model_dir, dtype=self.config.model.get("dtype") or None)
+
+  def batches(self):
+    p = self.p
+    return calibration.calibration_batches(self.source, self.tokenizer, self.data_config, p.calibration_samples,
+                               p.batch_size, self.config.seed)
+
+  def prepare_data(self, model) -> None:
+    model_dir = self.checked.model_dir
+    self.is_lvlm = isinstance(model, LVLM)
+    self.tokenizer = load_tokenizer(model.config.source)
+    self.data_config = data_config_for(self.config, model, self.tokenizer,
+                                       model_dir if os.path.isdir(model_dir) else "")
+    self.latency_batch = next(self.batches(), None)
+    if self.latency_batch is None:
+      raise VisRegionError(self.p.calibration_json or "data.train_json",
+                           "expected at least one usable calibration sample")
+
+  def choose(self, model) -> dict:
+    """Scores, the layers to remove, scores.json and its chart; the report's start."""
+    p, c = self.p, self.checked
+    scores, removed, rounds = select(model, self.batches, p, c.region, c.block, c.scores)
+    os.makedirs(self.out_dir, exist_ok=True)
+    write_file_atomically(os.path.join(self.out_dir, "scores.json"), json.dumps(
+        {"layer_scores": scores, "region": list(c.region), "removed": list(removed), "metric": p.metric}, indent=2))
+    plots.layer_scores_chart(os.path.join(self.out_dir, "scores.png"), scores, region=c.region, removed=removed,
+                             title=f"{p.metric} per layer (block {c.block}), removed {list(removed)}",
+                             y_label=p.metric)
+    log_line(f"scores {[round(s, 4) for s in scores if s is not None]}; region {list(c.region)}; "
+             f"removing {list(removed)}")
+    mode = "given" if c.layers else "iterative" if p.iterative else "one-shot"
+    return {"model": c.model_dir, "num_layers": {"before": c.num_layers, "after": c.num_layers - len(removed)},
+            "removed": list(removed),
+            "selection": {"mode": mode, "k": len(removed), "layers": list(c.layers), "metric": p.metric,
+                          "tokens": p.tokens, "block_size": c.block, "contiguous": p.contiguous,
+                          "allow_region": p.allow_region, "rounds": rounds},
+            "region": {"before": list(c.region), "after": list(prune.remap_layers(c.region, removed))},
+            "latency_batch": list(self.latency_batch["input_ids"].shape), "heal": None, "healed": None}
+
+  def prune(self) -> dict:
+    """Loads, chooses, exports the pruned model (to hf/, or pruned/ when healing
+    follows) and measures both models; without healing, times them too."""
+    model = self.load()
+    self.prepare_data(model)
+    report = self.choose(model)
+    pruned = prune.drop_layers(model, report["removed"])
+    to_hf(pruned, os.path.join(self.out_dir, "pruned" if self.checked.heal else "hf"))
+    report["before"] = quality(self.config, model, self.tokenizer, self.data_config)
+    report["pruned"] = quality(self.config, pruned, self.tokenizer, self.data_config)
+    if not self.checked.heal:
+      add_latency(report, time_models({"before": model, "pruned": pruned}, self.latency_batch,
+                                      self.p.latency_runs))
+    return report
+
+  def heal(self, report: dict) -> None:
+    """Heals the pruned model (resuming an interrupted healing), publishes its export as
+    hf/, measures it and times the three models (the first two loaded again: healing
+    had the memory to itself)."""
+    p, c = self.p, self.checked
+    layers = heal_layers(c.heal, c.region, report["removed"], c.num_layers)
+    heal_dir = os.path.join(self.out_dir, "heal")
+    log_line(f"healing layers {list(layers)} of the pruned model for {p.heal_steps} steps in {heal_dir}")
+    done = heal(self.config, heal_dir, layers, os.path.join(self.out_dir, "pruned"), self.is_lvlm)
+    hf_dir = os.path.join(self.out_dir, "hf")
+    replace_directory(done.pop("hf_dir"), hf_dir)
+    report["heal"] = {"steps": p.heal_steps, "layers": list(layers),
+                      "layers_spec": c.heal if isinstance(c.heal, str) else list(c.heal),
+                      "lora_rank": p.heal_lora_rank, "lora_alpha": float(p.heal_lora_alpha),
+                      "lr": float(p.heal_lr), "workdir": heal_dir, **done}
+    healed = load_model(hf_dir, dtype=self.config.model.get("dtype") or None)
+    report["healed"] = quality(self.config, healed, self.tokenizer, self.data_config)
+    model = self.load()
+    pruned = prune.drop_layers(model, report["removed"])
+    add_latency(report, time_models({"before": model, "pruned": pruned, "healed": healed}, self.latency_batch,
+                                    p.latency_runs))
 
 
 def run(config) -> dict:
-  """Prunes as configured; returns the report (also written to WORKDIR/prune)."""
-  p = config.prune
-  workdir = os.path.abspath(config.workdir)
-  model_dir = model_dir_of(config, workdir)
-  model = load_model(model_dir, dtype=config.model.get("dtype") or None)
-  num_layers = len(model.layers)
-  region_layers = region_of(config, workdir, num_layers)
-  block = block_size_of(p, num_layers)
-  choose_layers([0.0] * (num_layers - block + 1) + [None] * (block - 1), p, region_layers)  # k fits?
-  scores_json = p.get("scores_json", "")
-  saved_scores = read_scores(scores_json, model, block, p.metric) if scores_json else None
-  tokenizer = load_tokenizer(model.config.source)
-  data_config = data_config_for(config, model, tokenizer, model_dir if os.path.isdir(model_dir) else "")
-  source = calibration_source(config)
-
-  def batches():
-    return calibration_batches(source, tokenizer, data_config, p.calibration_samples, p.batch_size, config.seed)
-
-  latency_batch = next(batches(), None)
-  if latency_batch is None:
-    raise VisRegionError(p.calibration_json or "data.train_json", "expected at least one usable calibration sample")
-  if saved_scores is None:
-    values = prune.layer_scores(model, batches(), metric=p.metric, block_size=block, tokens=p.tokens)
-    saved_scores = [float(s) for s in values] + [None] * (block - 1)
-  removed = choose_layers(saved_scores, p, region_layers)
-  out_dir = os.path.join(workdir, "prune")
-  os.makedirs(out_dir, exist_ok=True)
-  write_file_atomically(os.path.join(out_dir, "scores.json"), json.dumps(
-      {"layer_scores": saved_scores, "region": list(region_layers), "removed": list(removed),
-       "metric": p.metric}, indent=2))
-  plots.layer_scores_chart(os.path.join(out_dir, "scores.png"), saved_scores, region=region_layers,
-                           removed=removed, title=f"{p.metric} per layer (block {block}), removed {list(removed)}",
-                           y_label=p.metric)
-  log_line(f"scores {[round(s, 4) for s in saved_scores if s is not None]}; region {list(region_layers)}; "
-                 f"removing {list(removed)}")
-  pruned = prune.drop_layers(model, removed)
-  hf_dir = os.path.join(out_dir, "hf")
-  to_hf(pruned, hf_dir)
-  report = {"model": model_dir, "num_layers": {"before": num_layers, "after": len(pruned.layers)},
-            "removed": list(removed), "metric": p.metric, "tokens": p.tokens, "block_size": block,
-            "region": {"before": list(region_layers), "after": list(prune.remap_layers(region_layers, removed))},
-            "latency_batch": list(latency_batch["input_ids"].shape),
-            "before": measure(config, model, tokenizer, data_config, latency_batch),
-            "after": measure(config, pruned, tokenizer, data_config, latency_batch)}
-  write_report(out_dir, report)
-  log_line(f"wrote {out_dir}: " + json.dumps({k: [report["before"][k], report["after"][k]] for k in METRICS}))
+  """Prunes (and heals) as configured; returns the report (also written to WORKDIR/prune)."""
+  job = PruneJob(config)
+  report = job.prune()
+  if job.checked.heal:
+    job.heal(report)
+  write_report(job.out_dir, report)
+  final = "healed" if report["healed"] else "pruned"
+  log_line(f"wrote {job.out_dir}: " + json.dumps(
+      {k: [report["before"][k], report[final][k]] for k in ("eval_accuracy", "text_perplexity",
+                                                             "forward_latency_s", "num_params")}))
   return report

@@ -27,6 +27,7 @@ from visregion_jax.models.llama import Decoder
 from visregion_jax.models.lvlm import LVLM, abstract_lvlm
 from visregion_jax.models.projector import Projector
 from visregion_jax.plan import TrainingPlan
+from visregion_jax.train.region_probe import scored_region
 
 
 def with_image_row(decoder: Decoder) -> dict:
@@ -69,13 +70,15 @@ def _joined(decoder: Decoder, tower, config, seed: int) -> LVLM:
 
 
 def build_model(config, workdir: str) -> tuple:
-  """(model, training plan) for a training config; the model is ready to split."""
+  """(model, training plan) for a training config; the model is ready to split. A
+  `scored` region is probed here, on the model as built (train/region_probe.py)."""
   m = config.model
   dtype = m.get("dtype") or default_compute_dtype()
   model = from_hf(m.init_from, dtype=dtype)
   if isinstance(model, Decoder) and m.get("vision_tower"):
     model = compose_lvlm(model, m.vision_tower, config, workdir)
-  plan = TrainingPlan.from_config(config, len(model.layers))
+  scored = scored_region(config, model, workdir) if config.region.strategy == "scored" else None
+  plan = TrainingPlan.from_config(config, len(model.layers), scored)
   plan.prepare(model, config.seed)
   if m.get("remat"):
     set_remat(model)

@@ -48,6 +48,7 @@ from visregion_jax.models.llama import Decoder
 from visregion_jax.models.lvlm import LVLM, LVLMConfig
 from visregion_jax.plan import FROZEN, TrainingPlan, decoder_layer_of
 from visregion_jax.train.batching import check_batch
+from visregion_jax.train.validate import scored_stand_in
 
 GIB = 2 ** 30
 
@@ -132,7 +133,7 @@ def estimate(config) -> dict:
   source, spec = model_spec.describe(config)
   model_cfg = model_spec.model_config(spec, m, dtype)
   text = model_cfg.text if isinstance(model_cfg, LVLMConfig) else model_cfg
-  plan = TrainingPlan.from_config(config, text.num_layers)
+  plan = TrainingPlan.from_config(config, text.num_layers, scored_stand_in(config, text.num_layers))
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   micro = check_batch(config.train, mesh)
   model = abstract_model(model_cfg, plan, config.seed)
@@ -145,7 +146,8 @@ def estimate(config) -> dict:
   per_device["total"] = sum(per_device.values())
   return {"source": source, "num_devices": int(mesh.devices.size), "mesh": dict(mesh.shape),
           "compute_dtype": str(jnp.dtype(dtype)), "num_layers": text.num_layers,
-          "region_layers": list(plan.region_layers), "lora_rank": plan.lora_rank,
+          "region_layers": list(plan.region_layers), "scored": config.region.strategy == "scored",
+          "lora_rank": plan.lora_rank,
           "remat": bool(m.get("remat")),
           "param_counts": dict(sorted(counts.items())), "bytes_per_device": per_device,
           "activation_terms": act, "device_memory": device_memory()}
@@ -167,6 +169,8 @@ def format_report(e: dict) -> str:
   act, per = e["activation_terms"], e["bytes_per_device"]
   region_text = ("all" if len(e["region_layers"]) == e["num_layers"]
                  else ", ".join(map(str, e["region_layers"])) or "none")
+  if e.get("scored"):  # counted as the first layers: no choice of as many layers needs more memory
+    region_text = "chosen by the scored probe when training starts"
   update = (f"LoRA r={e['lora_rank']}" if e["lora_rank"] else "full update") if e["region_layers"] \
       else "projector only"
   lines = [

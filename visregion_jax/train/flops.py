@@ -25,9 +25,10 @@ sliding window w, min(i + 1, w) keys for token i); MaxText writes L^2 / 2, which
 differs by L / 2 (and counts the padded length, not the real segments). The vision
 tower attends unmasked: P^2 pairs per image.
 
-The projector always trains, so in an LVLM every decoder layer runs backward (the image
-features at its input carry a gradient) and only a frozen vision tower runs forward
-alone; in a text-only decoder the layers below the region run forward only.
+The projector trains (unless `region.train_projector` is off, as in pruning's healing),
+so in an LVLM every decoder layer runs backward (the image features at its input carry
+a gradient) and only a frozen vision tower runs forward alone; in a text-only decoder,
+or with the projector frozen, the layers below the region run forward only.
 
 Which parameters are trainable is the plan's word (`plan.is_trainable`) on the
 model's own parameter paths; which vision layers run follows VisionTower.features

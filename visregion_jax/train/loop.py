@@ -25,6 +25,7 @@ from visregion_jax.data import packing, pipeline, skip
 from visregion_jax.data.from_config import data_config_for, open_source
 from visregion_jax.errors import Interrupted, VisRegionError
 from visregion_jax.evaluation import evaluate
+from visregion_jax.plan import TrainingPlan
 from visregion_jax.publish import write_file_atomically
 from visregion_jax.train.builder import build_model, fingerprint
 from visregion_jax.train.checkpoint import TrainCheckpoints
@@ -107,7 +108,7 @@ class Trainer:
     if meta["base_fingerprint"] != self.base_fingerprint:
       raise VisRegionError(where, "expected a checkpoint of this base model "
                            f"(fingerprint {meta['base_fingerprint']} != {self.base_fingerprint})")
-    if meta.get("plan", self.plan.to_json()) != self.plan.to_json():
+    if "plan" in meta and TrainingPlan.from_json(meta["plan"]) != self.plan:
       raise VisRegionError(where, f"expected a checkpoint of this training plan ({self.plan.describe()}), "
                            f"got {meta['plan']}")
     self.step, self.bad_in_a_row = meta["step"], meta["bad_steps_in_a_row"]

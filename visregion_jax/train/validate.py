@@ -13,7 +13,7 @@ import os
 
 import jax
 
-from visregion_jax import model_spec, sharding
+from visregion_jax import model_spec, region, sharding
 from visregion_jax.convert.gguf_file import resolve_model_path
 from visregion_jax.convert.gguf_metadata import block_count
 from visregion_jax.data.templates import TEMPLATES
@@ -50,6 +50,7 @@ RANGES = (
     ("data.pack_window", INT, 1, None, True),
     ("train.prefetch", INT, 0, None, True),
     ("region.lora_rank", INT, 0, None, True),
+    ("region.probe_samples", INT, 1, None, True),
     ("region.lora_alpha", NUMBER, 0, None, False),
     ("region.lora_dropout", NUMBER, 0, 1, True),
     ("eval.every", INT, 0, None, True),
@@ -173,20 +174,42 @@ def _without_tower(config):
   return config
 
 
+def check_settings(config) -> None:
+  """Every number and choice of `config`, the mesh against the devices and the batch
+  against the mesh: all validate() checks but files and the model (pruning's healing
+  checks these before its model exists)."""
+  for key, kind, low, high, low_included in RANGES:
+    check_number(key, _get(config, key), kind, low, high, low_included)
+  check_choices(config)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  check_batch(config.train, mesh)
+  if jax.process_count() > 1 and config.train.batch_size % jax.process_count():
+    raise VisRegionError("train.batch_size", f"expected a multiple of the process count {jax.process_count()}")
+
+
 def validate(config, provided=()) -> None:
   """Raises VisRegionError at the first problem of `config` (see the module docstring).
   A multi-process job is joined first, so the mesh is checked against all devices."""
   sharding.maybe_initialize_distributed(config.get("distributed", False))
   provided = set(provided)
-  for key, kind, low, high, low_included in RANGES:
-    check_number(key, _get(config, key), kind, low, high, low_included)
-  check_choices(config)
+  check_settings(config)
   check_paths(config, provided)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-  check_batch(config.train, mesh)
-  if jax.process_count() > 1 and config.train.batch_size % jax.process_count():
-    raise VisRegionError("train.batch_size", f"expected a multiple of the process count {jax.process_count()}")
   depth = model_depth(config, provided)
   if depth > 0:
-    TrainingPlan.from_config(config, depth)
+    TrainingPlan.from_config(config, depth, scored_stand_in(config, depth))
+
+
+def scored_stand_in(config, depth: int):
+  """For `scored`, region layers of the right number to check (and size) the plan with,
+  until the probe picks them when the model is built; None for the other strategies."""
+  r = config.region
+  if r.strategy != "scored":
+    return None
+  if not isinstance(r.scored_halves, bool):
+    raise VisRegionError("region.scored_halves", f"expected True or False, got {r.scored_halves!r}")
+  m = config.model
+  if not m.vision_tower and "llava" not in model_spec.describe(config)[1]:
+    raise VisRegionError("region.strategy", "expected a vision-language model for scored (it probes image "
+                         "tokens): an llava-hf model.init_from or a model.vision_tower")
+  return tuple(range(region.region_size(depth, r.fraction)))
 

@@ -1,9 +1,10 @@
-"""Layer importance scores on calibration data.
+"""How much each decoder layer changes the hidden states, on calibration data.
 
 Scores come from the hidden states entering and leaving each layer over calibration
 tokens (`block_influence` = 1 - E[cos(h_i, h_{i+n})], ShortGPT; `angular` =
 E[arccos(cos)] / pi, Gromov et al.), streamed batch by batch so memory does not grow
-with the calibration set.
+with the calibration set. Pruning removes low-scoring layers (`prune.layer_scores`);
+the `scored` region strategy trains high-scoring ones (train/region_probe.py).
 """
 
 import functools
@@ -76,7 +77,3 @@ def layer_scores(model, batches: Iterable[dict], *, metric: str = "block_influen
     raise VisRegionError("prune.calibration", "expected calibration batches with at least one counted token")
   return total / count
 
-
-def check_scores_match(scores, model, where: str) -> None:
-  if len(scores) != len(model.layers):
-    raise VisRegionError(where, f"expected {len(model.layers)} layer scores for this model, got {len(scores)}")
