@@ -20,6 +20,7 @@ from visregion_jax.models import attention, rope
 from visregion_jax.models.config import DecoderConfig
 from visregion_jax.models.dense_attention import make_attention_mask
 from visregion_jax.models.lora import Dense
+from visregion_jax.sharding import constrain_batch
 
 # Logical axis names of every parameter; sharding.py maps them to mesh axes.
 EMBED, MLP_AXIS, HEADS, KV_HEADS, VOCAB = "embed", "mlp", "heads", "kv_heads", "vocab"
@@ -244,9 +245,11 @@ class Decoder(nnx.Module):
     run = _run_layer_rematerialized if cfg.remat and cache is None else _run_layer
     states = [x] if hidden_states else None
     new_keys, new_values = [], []
+    x = constrain_batch(x)
     for i, layer in enumerate(self.layers):
       kv = None if cache is None else (cache.keys[i], cache.values[i])
       x, kv = run(layer, x, cos, sin, masking, kv, index)
+      x = constrain_batch(x)
       if kv is not None:
         new_keys.append(kv[0])
         new_values.append(kv[1])
