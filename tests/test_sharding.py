@@ -166,6 +166,7 @@ sys.path.insert(0, sys.argv[1])
 import test_sharding
 test_sharding.place_state_on_devices()
 test_sharding.place_batch_on_devices()
+test_sharding.constrain_activations_to_rows()
 print("DEVICE CHECKS OK")
 """
 
@@ -203,6 +204,20 @@ def place_batch_on_devices():
       rows = tuple(range(*shard.index[0].indices(8)))
       assert rows_of_group.setdefault((data, fsdp), rows) == rows, key  # same rows over tensor
     assert sorted(r for rows in rows_of_group.values() for r in rows) == list(range(8))
+
+
+def constrain_activations_to_rows():
+  """Inside the mesh context a [B, T, E] activation computed from replicated inputs comes
+  out split by rows over (data, fsdp); a batch the axes do not divide, or no mesh in
+  context, leaves it to XLA."""
+  mesh = sharding.make_mesh(2, 2, 2)
+  x = jax.device_put(np.ones((8, 3, 4), np.float32), sharding.replicated(mesh))
+  odd = jax.device_put(np.ones((3, 3, 4), np.float32), sharding.replicated(mesh))
+  double = jax.jit(lambda x: sharding.constrain_batch(2 * x))
+  with jax.set_mesh(mesh):
+    assert double(x).sharding.spec[0] == ("data", "fsdp")
+    assert double(odd).sharding.is_fully_replicated
+  assert double(x).sharding.is_fully_replicated
 
 
 def test_placement_on_eight_devices():

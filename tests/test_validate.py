@@ -31,6 +31,8 @@ BAD = {
     "tower_is_a_file": ({"model.vision_tower": DEMO}, "model.vision_tower"),
     "unknown_projector": ({"model.projector_type": "mlp2x_relu"}, "model.projector_type"),
     "bad_dtype": ({"model.dtype": "float64"}, "model.dtype"),
+    "unknown_attention": ({"model.attention": "flash"}, "model.attention"),
+    "splash_off_tpu": ({"model.attention": "splash"}, "model.attention"),  # CPU, not interpreted
     "workdir_is_a_file": ({"workdir": DEMO}, "workdir"),
     "negative_steps": ({"train.steps": "-3"}, "train.steps"),
     "batch_size_zero": ({"train.batch_size": "0"}, "train.batch_size"),

@@ -93,6 +93,24 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def constrain_batch(x):
+  """`x` with its leading (batch) dimension split over the batch axes of the mesh in
+  context (`jax.set_mesh`, which training sets), when there is one that divides it.
+
+  With FSDP, a layer's input is split by rows and its weights by their embed dimension
+  over the same mesh axis; left to itself, XLA's partitioner may gather the rows and
+  sum partial products instead of gathering the weights, so every device holds the
+  activations of the whole global batch. Pinning the activations to their rows keeps
+  each device at its own micro-batch."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  axes = tuple(a for a in BATCH_AXES if mesh.shape.get(a, 1) > 1)
+  if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+    return x
+  return jax.lax.with_sharding_constraint(x, PartitionSpec(axes))
+
+
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """This process's numpy batch -> global jax arrays sharded over (data, fsdp)."""
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)

@@ -32,6 +32,9 @@ KEYS = (
     ("model.feature_strategy", "default", "default (patches, no CLS) or full"),
     ("model.dtype", "", "compute dtype; empty = float32 on CPU, bfloat16 on accelerators"),
     ("model.remat", False, "recompute each decoder layer in the backward pass (less memory)"),
+    ("model.attention", "auto", "auto (splash on TPU, cuDNN / Pallas flash on GPU, xla on CPU), xla (dense "
+     "T x T scores), splash or gpu (fused kernels: no T x T matrix)"),
+    ("model.attention_interpret", False, "run the Pallas attention kernels in interpret mode (CPU tests)"),
 
     ("region.strategy", "uniform", "uniform (the paper's spread), explicit, first, last, full, none, or scored "
      "(by a probe of the model on training data: block influence on image tokens)"),

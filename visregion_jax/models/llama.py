@@ -16,9 +16,11 @@ import numpy as np
 from flax import nnx
 
 from visregion_jax.errors import VisRegionError
-from visregion_jax.models import rope
+from visregion_jax.models import attention, rope
 from visregion_jax.models.config import DecoderConfig
+from visregion_jax.models.dense_attention import make_attention_mask
 from visregion_jax.models.lora import Dense
+from visregion_jax.sharding import constrain_batch
 
 # Logical axis names of every parameter; sharding.py maps them to mesh axes.
 EMBED, MLP_AXIS, HEADS, KV_HEADS, VOCAB = "embed", "mlp", "heads", "kv_heads", "vocab"
@@ -65,26 +67,6 @@ class KVCache:
                valid=jnp.zeros((batch, length), bool), index=jnp.zeros((), jnp.int32))
 
 
-def make_attention_mask(query_slots, key_slots, key_valid, sliding_window: Optional[int],
-                        query_segments=None, key_segments=None):
-  """Boolean [B, 1, T, S]: causal over slots, real keys only, optional sliding window;
-  with segment ids [B, T] / [B, S] (packed rows) only keys of the query's own segment.
-
-  Real tokens occupy consecutive slots (padding is only on the left or right, and a
-  packed sample is one contiguous run), so the slot distance equals the position
-  distance the sliding window is defined on.
-  """
-  q = query_slots[:, None]
-  k = key_slots[None, :]
-  allowed = k <= q
-  if sliding_window is not None:
-    allowed &= (q - k) < sliding_window
-  allowed = allowed[None] & key_valid[:, None, :]
-  if query_segments is not None:
-    allowed &= query_segments[:, :, None] == key_segments[:, None, :]
-  return allowed[:, None]
-
-
 def segment_positions(segment_ids: jnp.ndarray) -> jnp.ndarray:
   """Positions that restart at 0 where each packed sample starts: [B, T] int32."""
   t = segment_ids.shape[1]
@@ -105,7 +87,7 @@ class Attention(nnx.Module):
     self.v_proj = _linear(config, h, config.num_kv_heads * d, (EMBED, KV_HEADS), bias, rngs)
     self.o_proj = _linear(config, config.num_heads * d, h, (HEADS, EMBED), bias, rngs)
 
-  def __call__(self, x, cos, sin, mask, kv: Optional[tuple] = None, index=None):
+  def __call__(self, x, cos, sin, masking: attention.Masking, kv: Optional[tuple] = None, index=None):
     """x [B, T, E]; kv: this layer's (keys, values) cache, written at `index`."""
     b, t, _ = x.shape
     d = self.config.head_dim
@@ -118,8 +100,7 @@ class Attention(nnx.Module):
       k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), index, axis=1)
       v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), index, axis=1)
       kv = (k, v)
-    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
-                                       scale=d ** -0.5)
+    out = attention.attend(q, k.astype(q.dtype), v.astype(q.dtype), masking, scale=d ** -0.5)
     return self.o_proj(out.reshape(b, t, -1)), kv
 
 
@@ -144,8 +125,8 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, pdt)
     self.mlp = MLP(config, rngs)
 
-  def __call__(self, x, cos, sin, mask, kv=None, index=None):
-    attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, index)
+  def __call__(self, x, cos, sin, masking, kv=None, index=None):
+    attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, masking, kv, index)
     x = x + attn
     return x + self.mlp(self.post_attention_layernorm(x)), kv
 
@@ -157,11 +138,11 @@ class DecoderOutput:
   cache: Optional[KVCache] = None
 
 
-def _run_layer(layer, x, cos, sin, mask, kv, index):
-  return layer(x, cos, sin, mask, kv, index)
+def _run_layer(layer, x, cos, sin, masking, kv, index):
+  return layer(x, cos, sin, masking, kv, index)
 
 
-def _run_layer_rematerialized(layer, x, cos, sin, mask, kv, index):
+def _run_layer_rematerialized(layer, x, cos, sin, masking, kv, index):
   """The layer under `jax.checkpoint`: its backward recomputes the layer from its input.
 
   The layer goes in and out as split state rather than through `nnx.remat`, because
@@ -172,12 +153,12 @@ def _run_layer_rematerialized(layer, x, cos, sin, mask, kv, index):
   del kv, index  # no cache while training
   graphdef, state = nnx.split(layer)
 
-  def run(state, x, cos, sin, mask):
+  def run(state, x, cos, sin, masking):
     inner = nnx.merge(graphdef, state)
-    out, _ = inner(x, cos, sin, mask)
+    out, _ = inner(x, cos, sin, masking)
     return out, nnx.state(inner, nnx.Not(nnx.Param))
 
-  out, rest = jax.checkpoint(run)(state, x, cos, sin, mask)
+  out, rest = jax.checkpoint(run)(state, x, cos, sin, masking)
   nnx.update(layer, rest)
   return out, None
 
@@ -229,8 +210,9 @@ class Decoder(nnx.Module):
     computation as the unpadded one. `segment_ids` [B, T] (packed rows: 1..n per
     sample, 0 = padding) confine attention to each sample and make positions restart
     per sample, so each sample computes as it would alone. With `cache`, the new tokens are written at
-    `cache.index` and attend to everything cached before them. `logits` is "all",
-    "last" (decoding) or "none" (layer scoring, which needs only hidden states).
+    `cache.index` and attend to everything cached before them (on the XLA path, whatever
+    `config.attention` says). `logits` is "all", "last" (decoding) or "none" (layer
+    scoring, which needs only hidden states).
     """
     cfg = self.config
     if inputs_embeds is None:
@@ -254,20 +236,20 @@ class Decoder(nnx.Module):
     if cache is None:
       index = None
       key_valid = new_valid
-      query_slots = key_slots = jnp.arange(t)
     else:
       index = cache.index
       key_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, new_valid, index, axis=1)
-      query_slots = index + jnp.arange(t)
-      key_slots = jnp.arange(cache.valid.shape[1])
-    mask = make_attention_mask(query_slots, key_slots, key_valid, cfg.sliding_window, segment_ids, segment_ids)
+    masking = self.masking(new_valid, key_valid, segment_ids, cache, packed_or_padded=(
+        attention_mask is not None or segment_ids is not None))
 
     run = _run_layer_rematerialized if cfg.remat and cache is None else _run_layer
     states = [x] if hidden_states else None
     new_keys, new_values = [], []
+    x = constrain_batch(x)
     for i, layer in enumerate(self.layers):
       kv = None if cache is None else (cache.keys[i], cache.values[i])
-      x, kv = run(layer, x, cos, sin, mask, kv, index)
+      x, kv = run(layer, x, cos, sin, masking, kv, index)
+      x = constrain_batch(x)
       if kv is not None:
         new_keys.append(kv[0])
         new_values.append(kv[1])
@@ -282,6 +264,22 @@ class Decoder(nnx.Module):
       h = self.norm(x[:, -1:] if logits == "last" else x)
       out_logits = self.lm_logits(h)
     return DecoderOutput(logits=out_logits, hidden_states=states, cache=new_cache)
+
+  def masking(self, new_valid, key_valid, segment_ids, cache: Optional[KVCache], packed_or_padded: bool
+              ) -> attention.Masking:
+    """The XLA path's dense mask (always with a cache), or the fused kernels' segment ids
+    (None when no attention_mask or segment_ids came in: every token is real)."""
+    cfg = self.config
+    impl = "xla" if cache is not None else attention.resolve(cfg.attention, cfg.attention_interpret)
+    if impl == "xla":
+      t = new_valid.shape[1]
+      query_slots = jnp.arange(t) if cache is None else cache.index + jnp.arange(t)
+      key_slots = jnp.arange(key_valid.shape[1])
+      mask = make_attention_mask(query_slots, key_slots, key_valid, cfg.sliding_window, segment_ids, segment_ids)
+      return attention.Masking("xla", causal=True, mask=mask)
+    segments = attention.token_segments(new_valid, segment_ids) if packed_or_padded else None
+    return attention.Masking(impl, causal=True, window=cfg.sliding_window, interpret=cfg.attention_interpret,
+                             q_segments=segments, kv_segments=segments)
 
   def lm_logits(self, h: jnp.ndarray) -> jnp.ndarray:
     if self.config.tie_word_embeddings:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from visregion_jax.errors import VisRegionError
+from visregion_jax.models import attention
 from visregion_jax.models.llama import EMBED, HEADS, MLP_AXIS
 
 KINDS = ("clip", "siglip")
@@ -43,6 +44,8 @@ class VisionConfig:
   use_head: bool = False  # SigLIP's attention-pooling head is in the checkpoint
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
+  attention: str = "auto"  # as DecoderConfig.attention, bidirectional
+  attention_interpret: bool = False
   hf_config_json: str = "{}"
 
   def __post_init__(self):
@@ -101,7 +104,8 @@ def _param(rngs: nnx.Rngs, shape: tuple, config: VisionConfig, axes: tuple) -> n
 
 
 class Attention(nnx.Module):
-  """Unmasked multi-head attention; `context` gives keys and values (SigLIP's pooling head)."""
+  """Unmasked multi-head attention; `context` gives keys and values (SigLIP's pooling
+  head, on the XLA path: one query row)."""
 
   def __init__(self, config: VisionConfig, rngs: nnx.Rngs):
     self.config = config
@@ -111,13 +115,15 @@ class Attention(nnx.Module):
     self.v_proj = _linear(config, d, d, (EMBED, HEADS), rngs)
     self.out_proj = _linear(config, d, d, (HEADS, EMBED), rngs)
 
-  def __call__(self, x: jnp.ndarray, context: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, context: Optional[jnp.ndarray] = None,
+               masking: Optional[attention.Masking] = None) -> jnp.ndarray:
     context = x if context is None else context
+    masking = attention.Masking("xla", causal=False) if masking is None else masking
     heads, d = self.config.num_heads, self.config.head_dim
     q = self.q_proj(x).reshape(*x.shape[:2], heads, d)
     k = self.k_proj(context).reshape(*context.shape[:2], heads, d)
     v = self.v_proj(context).reshape(*context.shape[:2], heads, d)
-    out = jax.nn.dot_product_attention(q, k, v, scale=d ** -0.5)
+    out = attention.attend(q, k, v, masking, scale=d ** -0.5)
     return self.out_proj(out.reshape(*x.shape[:2], -1))
 
 
@@ -138,8 +144,8 @@ class EncoderLayer(nnx.Module):
     self.layer_norm2 = _layer_norm(config, rngs)
     self.mlp = MLP(config, rngs)
 
-  def __call__(self, x):
-    x = x + self.self_attn(self.layer_norm1(x))
+  def __call__(self, x, masking: attention.Masking):
+    x = x + self.self_attn(self.layer_norm1(x), masking=masking)
     return x + self.mlp(self.layer_norm2(x))
 
 
@@ -200,9 +206,12 @@ class VisionTower(nnx.Module):
     """
     n = len(self.layers) if num_layers is None else num_layers
     x = self.embed(pixel_values)
+    cfg = self.config
+    masking = attention.Masking(attention.resolve(cfg.attention, cfg.attention_interpret), causal=False,
+                                interpret=cfg.attention_interpret)
     states = [x]
     for layer in self.layers[:n]:
-      x = layer(x)
+      x = layer(x, masking)
       states.append(x)
     return states
 

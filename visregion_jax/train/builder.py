@@ -23,6 +23,7 @@ from visregion_jax.convert.processor import write_processor
 from visregion_jax.convert.vision import vision_tower_from_hf
 from visregion_jax.data.from_config import image_processor_config
 from visregion_jax.model_spec import joined_lvlm_config
+from visregion_jax.models.attention_choice import set_attention
 from visregion_jax.models.llama import Decoder
 from visregion_jax.models.lvlm import LVLM, abstract_lvlm
 from visregion_jax.models.projector import Projector
@@ -77,6 +78,7 @@ def build_model(config, workdir: str) -> tuple:
   model = from_hf(m.init_from, dtype=dtype)
   if isinstance(model, Decoder) and m.get("vision_tower"):
     model = compose_lvlm(model, m.vision_tower, config, workdir)
+  set_attention(model, m.attention, m.attention_interpret)
   scored = scored_region(config, model, workdir) if config.region.strategy == "scored" else None
   plan = TrainingPlan.from_config(config, len(model.layers), scored)
   plan.prepare(model, config.seed)

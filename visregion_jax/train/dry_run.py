@@ -23,16 +23,31 @@ the compute dtype):
                  sum over layers of the working set + mask + loss working set
     layer working set = B*T*b*(5E + H*d + (2H + 3KV)*d + 4I)   norms, q/k/v, roped q/k,
                                                         attention out, residuals, MLP
-                      + B*H*T*T*(4 + 4 + b)      attention logits and softmax (fp32), probs
+                      + attention (below)
                       + B*T*b*(5E + H*d + I + 7r)  LoRA dropout inputs and rank-r outputs
                                                    (region layers with LoRA only)
                       + the layer's weights gathered over fsdp (its params * b / tensor)
     loss working set  = B*T*V*(b + 4 + 4)        logits, their fp32 copy, fp32 log-softmax
-    mask              = B*T*T bytes              the boolean attention mask all layers share
+  attention, by `model.attention` (both are printed):
+    XLA path          = B*H*T*T*(4 + 4 [+ b])    fp32 logits, fp32 softmax, and the
+                                                 probabilities cast to a narrower compute
+                                                 dtype (jax.nn.dot_product_attention)
+      mask            = B*T*T bytes              the boolean mask all layers share
+    fused (splash)    = B*Tp*(b*(2H + 2KV)*d + 4H)  the kernel's residuals: q, k, v, output
+                                                 in its layout, fp32 log-sum-exp per query
+                      + B*H*Tp*128*4             the log-sum-exp as the forward writes it,
+                                                 one 128-lane row per query (transient)
+      mask            = B*Tp*4                   int32 segment ids instead (Tp = T padded
+                                                 to 128); no T x T term anywhere
 Activations are assumed split over the batch axes only (not over `tensor`: an upper
-bound there), with the XLA attention (the T x T scores are materialized). The vision
-tower runs forward only (no gradient enters it unless region.train_vision) and its
-transient activations are not counted.
+bound there). The vision tower runs forward only (no gradient enters it unless
+region.train_vision) and its transient activations are not counted.
+
+tests/test_compiled_memory.py holds the no-remat formula, for both paths, to within
+15% of XLA's own figure for the compiled training step (train/compiled_memory.py) of
+a scaled-down LVLM on 8 simulated CPU devices. The remat figure cannot be checked
+there: XLA:CPU's schedule does not realize remat's savings (the compiled step is as
+large with remat as without).
 """
 
 import math
@@ -44,6 +59,8 @@ from jax.sharding import NamedSharding
 
 from visregion_jax import model_spec, sharding
 from visregion_jax.convert.params import default_compute_dtype
+from visregion_jax.models.attention import resolve
+from visregion_jax.models.kernel_padding import LANE, round_up
 from visregion_jax.models.llama import Decoder
 from visregion_jax.models.lvlm import LVLM, LVLMConfig
 from visregion_jax.plan import FROZEN, TrainingPlan, decoder_layer_of
@@ -100,12 +117,26 @@ def parameter_bytes(model, plan: TrainingPlan, mesh, compute_itemsize: int) -> t
   return counts, local_bytes, per_layer
 
 
-def activation_bytes(text, config, mesh, micro: int, plan: TrainingPlan, per_layer: dict, b: int) -> dict:
-  """The activation terms of the module docstring, in bytes on one device."""
+def attention_bytes(micro: int, seq: int, h: int, kv: int, d: int, b: int, fused: bool) -> tuple:
+  """(one layer's attention activations, the mask all layers share), in bytes (see the
+  module docstring)."""
+  if not fused:
+    probs_copy = b if b < 4 else 0  # the probabilities cast to a narrower compute dtype
+    return micro * h * seq * seq * (8 + probs_copy), micro * seq * seq
+  padded = round_up(seq, LANE)
+  residuals = micro * padded * (b * (2 * h + 2 * kv) * d + 4 * h)
+  return residuals + micro * h * padded * LANE * 4, micro * padded * 4
+
+
+def activation_bytes(text, config, mesh, micro: int, plan: TrainingPlan, per_layer: dict, b: int,
+                     fused: bool) -> dict:
+  """The activation terms of the module docstring, in bytes on one device, for the XLA
+  attention or a fused kernel (`fused`)."""
   seq, r = config.data.max_length, plan.lora_rank
   e, i, v = text.hidden_size, text.intermediate_size, text.vocab_size
   h, kv, d = text.num_heads, text.num_kv_heads, text.head_dim
-  base = micro * seq * b * (5 * e + h * d + (2 * h + 3 * kv) * d + 4 * i) + micro * h * seq * seq * (8 + b)
+  attn, mask = attention_bytes(micro, seq, h, kv, d, b, fused)
+  base = micro * seq * b * (5 * e + h * d + (2 * h + 3 * kv) * d + 4 * i) + attn
   lora = micro * seq * b * (5 * e + h * d + i + 7 * r) if r else 0
 
   def working(layer: int) -> int:
@@ -113,7 +144,6 @@ def activation_bytes(text, config, mesh, micro: int, plan: TrainingPlan, per_lay
     return base + (lora if layer in plan.region_layers else 0) + gathered
 
   loss = micro * seq * v * (b + 8)
-  mask = micro * seq * seq
   num_layers = text.num_layers
   if config.model.get("remat"):
     stored = num_layers * micro * seq * e * b
@@ -122,7 +152,7 @@ def activation_bytes(text, config, mesh, micro: int, plan: TrainingPlan, per_lay
     stored = sum(working(j) for j in range(num_layers))
     peak = stored + mask + loss
   return {"micro_batch": micro, "seq_len": seq, "stored": stored,
-          "layer_working_set": max(working(j) for j in range(num_layers)),
+          "layer_working_set": max(working(j) for j in range(num_layers)), "attention": attn,
           "loss_working_set": loss, "mask": mask, "total": peak}
 
 
@@ -140,17 +170,22 @@ def estimate(config) -> dict:
   b = jnp.dtype(dtype).itemsize
   counts, local_bytes, per_layer = parameter_bytes(model, plan, mesh, b)
   trainable = sum(n for label, n in local_bytes.items() if label != FROZEN)
-  act = activation_bytes(text, config, mesh, micro, plan, per_layer, b)
+  attention = resolve(m.get("attention", "auto"), m.get("attention_interpret", False))
+  paths = {path: activation_bytes(text, config, mesh, micro, plan, per_layer, b, fused=path == "fused")
+           for path in ("xla", "fused")}
+  act = paths["xla" if attention == "xla" else "fused"]
   per_device = {"params_" + label: n for label, n in sorted(local_bytes.items())}
   per_device.update(optimizer_state=2 * trainable, gradients=2 * trainable, activations=act["total"])
   per_device["total"] = sum(per_device.values())
+  totals = {path: per_device["total"] - act["total"] + terms["total"] for path, terms in paths.items()}
   return {"source": source, "num_devices": int(mesh.devices.size), "mesh": dict(mesh.shape),
           "compute_dtype": str(jnp.dtype(dtype)), "num_layers": text.num_layers,
           "region_layers": list(plan.region_layers), "scored": config.region.strategy == "scored",
           "lora_rank": plan.lora_rank,
-          "remat": bool(m.get("remat")),
+          "remat": bool(m.get("remat")), "attention": attention,
           "param_counts": dict(sorted(counts.items())), "bytes_per_device": per_device,
-          "activation_terms": act, "device_memory": device_memory()}
+          "activation_terms": act, "activation_paths": paths, "totals": totals,
+          "device_memory": device_memory()}
 
 
 def device_memory():
@@ -161,7 +196,7 @@ def device_memory():
 
 # --- the table ----------------------------------------------------------------------
 def _gib(n: int) -> str:
-  return f"{n / GIB:9.2f} GiB"
+  return f"{n / GIB:9.2f} GiB"  # 13 characters
 
 
 def format_report(e: dict) -> str:
@@ -173,6 +208,12 @@ def format_report(e: dict) -> str:
     region_text = "chosen by the scored probe when training starts"
   update = (f"LoRA r={e['lora_rank']}" if e["lora_rank"] else "full update") if e["region_layers"] \
       else "projector only"
+  remat = "remat" if e["remat"] else "no remat"
+  paths = e["activation_paths"]
+
+  def row(label: str, key: str) -> str:
+    return f"    {label:56s}{_gib(paths['xla'][key])}{_gib(paths['fused'][key])}"
+
   lines = [
       f"dry run: {e['source']} | {e['num_devices']} devices, mesh {mesh} | compute {e['compute_dtype']}",
       f"region layers ({len(e['region_layers'])} of {e['num_layers']}): {region_text} | {update}",
@@ -183,17 +224,20 @@ def format_report(e: dict) -> str:
   lines += [
       f"  {'optimizer state (AdamW mu + nu, float32)':58s}{_gib(per['optimizer_state'])}",
       f"  {'gradients (accumulator + micro-batch, float32)':58s}{_gib(per['gradients'])}",
-      f"  activations (B={act['micro_batch']} x T={act['seq_len']} per device, "
-      f"{'remat' if e['remat'] else 'no remat'}):",
-      f"    {('stored layer inputs L*B*T*E*b' if e['remat'] else 'stored working sets, all layers'):56s}"
-      f"{_gib(act['stored'])}",
-      f"    {'one layer working set (see dry_run.py)':56s}{_gib(act['layer_working_set'])}",
-      f"    {'loss working set B*T*V*(b+8)':56s}{_gib(act['loss_working_set'])}",
-      f"    {'attention mask B*T*T':56s}{_gib(act['mask'])}",
-      f"    {'peak':56s}{_gib(act['total'])}",
-      f"  {'total':58s}{_gib(per['total'])}"]
+      f"  {'activations (B=%d x T=%d per device, %s)' % (act['micro_batch'], act['seq_len'], remat):58s}"
+      f"{'xla':>13s}{'fused':>13s}",
+      row(('stored layer inputs L*B*T*E*b' if e['remat'] else 'stored working sets, all layers'), "stored"),
+      row("one layer working set (see dry_run.py)", "layer_working_set"),
+      row("  of which attention (T x T scores | kernel residuals)", "attention"),
+      row("loss working set B*T*V*(b+8)", "loss_working_set"),
+      row("attention mask B*T*T | segment ids B*T*4", "mask"),
+      row("peak", "total"),
+      f"  {'total':58s}{_gib(e['totals']['xla'])}{_gib(e['totals']['fused'])}",
+      f"  {'this host runs model.attention as':58s}{e['attention']:>13s}",
+  ]
   if e["device_memory"]:
-    verdict = "fits" if per["total"] <= e["device_memory"] else "does NOT fit"
+    verdict = ", ".join(f"{path}: {'fits' if total <= e['device_memory'] else 'does NOT fit'}"
+                        for path, total in e["totals"].items())
     lines.append(f"  {'device memory':58s}{_gib(e['device_memory'])}  ({verdict})")
   return "\n".join(lines)
 

@@ -154,8 +154,12 @@ class Trainer:
     profile = tuple(self.config.train.profile_steps)
     if profile and self.step + 1 == profile[0] and jax.process_index() == 0:
       jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
-    self.params, self.rest, self.opt_state, m = step_fn(
-        self.params, self.frozen, self.rest, self.opt_state, placed, self.step)
+    # The mesh in context is where the step's fused attention kernels read their shard_map
+    # layout and its activations their row split. Evaluation runs outside it: generated
+    # tokens must stay readable by every process.
+    with jax.set_mesh(self.mesh):
+      self.params, self.rest, self.opt_state, m = step_fn(
+          self.params, self.frozen, self.rest, self.opt_state, placed, self.step)
     # Counted while the device runs; every process's rows are taken to be like this one's.
     processes = jax.process_count()
     flops = self.step_flops(local) * processes

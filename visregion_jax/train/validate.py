@@ -18,6 +18,7 @@ from visregion_jax.convert.gguf_file import resolve_model_path
 from visregion_jax.convert.gguf_metadata import block_count
 from visregion_jax.data.templates import TEMPLATES
 from visregion_jax.errors import VisRegionError
+from visregion_jax.models.attention import check_choice
 from visregion_jax.models.projector import projector_depth
 from visregion_jax.models.vision import FEATURE_STRATEGIES
 from visregion_jax.plan import TrainingPlan
@@ -103,6 +104,7 @@ def check_choices(config) -> None:
                          f"train.steps={steps}, got {profile!r}")
   if m.dtype not in DTYPES:
     raise VisRegionError("model.dtype", f"expected one of {list(DTYPES)}, got {m.dtype!r}")
+  check_choice(m.attention, m.attention_interpret)
   if m.feature_strategy not in FEATURE_STRATEGIES:
     raise VisRegionError("model.feature_strategy", f"expected one of {list(FEATURE_STRATEGIES)}, "
                          f"got {m.feature_strategy!r}")
