@@ -6,19 +6,10 @@ visregion_jax.cpu_load.OtherLoad, which pruning's latency report uses too) besid
 ratios.
 """
 
-import platform
 
 from visregion_jax.cpu_load import OtherLoad
+from visregion_jax.train.peak_flops import cpu_model
 
 __all__ = ["OtherLoad", "cpu_model"]
 
 
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
