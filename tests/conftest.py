@@ -1,9 +1,11 @@
 """Shared test helpers: tiny random HF models built with transformers, saved to tmp dirs."""
 
+import jax
 import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 
 torch.set_num_threads(1)
 
@@ -65,3 +67,14 @@ def hf_logits(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 @pytest.fixture
 def rng():
   return np.random.RandomState(0)
+
+
+def randomized(module, seed: int):
+  """Every parameter of an NNX module drawn at random (norm scales around 1), so a mask,
+  position or layout mistake changes the numbers instead of hiding at a trivial init."""
+  state = nnx.state(module, nnx.Param)
+  leaves, tree = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  nnx.update(module, jax.tree.unflatten(tree, [0.15 * jax.random.normal(k, x.shape, x.dtype) + (x == 1)
+                                                for k, x in zip(keys, leaves)]))
+  return module

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import randomized
 from flax import nnx
 
 from visregion_jax import convert
@@ -19,16 +20,6 @@ from visregion_jax.models.lvlm import LVLM, LVLMConfig
 from visregion_jax.models.vision import VisionConfig, VisionTower
 
 ATOL = 1e-5
-
-
-def randomized(module, seed: int):
-  """Every parameter drawn at random, so a mask or position mistake changes the numbers."""
-  state = nnx.state(module, nnx.Param)
-  leaves, tree = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  nnx.update(module, jax.tree.unflatten(tree, [0.15 * jax.random.normal(k, x.shape, x.dtype) + (x == 1)
-                                                for k, x in zip(keys, leaves)]))
-  return module
 
 
 def decoder(window=None) -> Decoder:

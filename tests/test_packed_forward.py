@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import randomized
 from flax import nnx
 
 from visregion_jax.loss import token_losses
@@ -24,16 +25,6 @@ def decoder_config(architecture: str) -> DecoderConfig:
   window = 5 if architecture == "phi3" else None
   return DecoderConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                        num_kv_heads=2, head_dim=8, sliding_window=window, architecture=architecture)
-
-
-def randomized(module, seed: int):
-  """Every parameter drawn at random (norm scales too), so nothing sits at its trivial init."""
-  state = nnx.state(module, nnx.Param)
-  leaves, tree = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  nnx.update(module, jax.tree.unflatten(tree, [0.15 * jax.random.normal(k, x.shape, x.dtype) + (x == 1)
-                                                for k, x in zip(keys, leaves)]))
-  return module
 
 
 def lvlm() -> LVLM:
