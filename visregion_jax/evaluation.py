@@ -17,7 +17,7 @@ from visregion_jax.data.from_config import open_source, text_source
 from visregion_jax.data.pipeline import SampleLoader, collate
 from visregion_jax.data.tokenize import IGNORE_INDEX
 from visregion_jax.generate.decode import generate
-from visregion_jax.loss import token_losses
+from visregion_jax.loss import row_token_losses
 from visregion_jax.models.lvlm import LVLM
 
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
@@ -76,7 +76,8 @@ def _prompt_and_answer(loaded: dict):
 
 def answer_accuracy(model, tokenizer, source, data_config, *, limit: int = 64, batch_size: int = 8,
                     max_new_tokens: int = 8) -> dict:
-  """{"accuracy", "per_task", "count", "examples"} over the first `limit` usable samples."""
+  """{"accuracy", "per_task", "count", "examples", "hits"} over the first `limit` usable
+  samples; `hits` is 1 / 0 per sample in order, for resampling (the region study)."""
   loader = SampleLoader(source, tokenizer, data_config)
   items = []
   for index in range(len(source)):
@@ -89,7 +90,7 @@ def answer_accuracy(model, tokenizer, source, data_config, *, limit: int = 64, b
     if len(items) == limit:
       break
   model.eval()
-  correct, per_task, examples = 0, {}, []
+  hits, per_task, examples = [], {}, []
   for start in range(0, len(items), batch_size):
     chunk = items[start:start + batch_size]
     prompts = [_prompt_and_answer(loaded)[0] for _, _, loaded in chunk]
@@ -105,20 +106,21 @@ def answer_accuracy(model, tokenizer, source, data_config, *, limit: int = 64, b
     out = generate(model, ids, mask, max_new_tokens=max_new_tokens, **extra)
     for (sample_id, answer, _), tokens in zip(chunk, out):
       text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-      ok = answer_matches(text, answer)
-      correct += ok
+      ok = int(answer_matches(text, answer))
+      hits.append(ok)
       task = sample_task({"id": sample_id}) or "other"
-      hits, n = per_task.get(task, (0, 0))
-      per_task[task] = (hits + ok, n + 1)
+      right, n = per_task.get(task, (0, 0))
+      per_task[task] = (right + ok, n + 1)
       if len(examples) < 4:
         examples.append({"id": sample_id, "answer": answer, "prediction": text})
   model.train()
-  return {"accuracy": correct / max(len(items), 1), "count": len(items), "examples": examples,
-          "per_task": {t: hits / n for t, (hits, n) in sorted(per_task.items())}}
+  return {"accuracy": sum(hits) / max(len(items), 1), "count": len(items), "examples": examples, "hits": hits,
+          "per_task": {t: right / n for t, (right, n) in sorted(per_task.items())}}
 
 
 def mean_loss(model, tokenizer, source, data_config, *, limit: int = 64, batch_size: int = 8) -> dict:
-  """Mean next-token loss over the learned tokens of up to `limit` samples, and its exp."""
+  """Mean next-token loss over the learned tokens of up to `limit` samples, its exp, and
+  per sample the loss sum and token count (`per_sample`: [[sum, tokens]], for resampling)."""
   loader = SampleLoader(source, tokenizer, data_config)
   records = [r for r in (loader(i) for i in range(min(len(source), limit))) if "skip" not in r]
   graphdef, state = nnx.split(model)
@@ -127,31 +129,38 @@ def mean_loss(model, tokenizer, source, data_config, *, limit: int = 64, batch_s
   def batch_loss(state, batch):
     m = nnx.merge(graphdef, state)
     m.eval()
-    return token_losses(m, batch)
+    return row_token_losses(m, batch)
 
-  total, count = 0.0, 0
+  per_sample = []
   for start in range(0, len(records), batch_size):
     batch = collate(records[start:start + batch_size], data_config)
     batch.pop("index")
-    s, n = batch_loss(state, batch)
-    total, count = total + float(s), count + int(n)
+    sums, counts = batch_loss(state, batch)
+    per_sample += [[float(s), int(n)] for s, n in zip(np.asarray(sums), np.asarray(counts))]
+  total, count = sum(s for s, _ in per_sample), sum(n for _, n in per_sample)
   loss = total / max(count, 1)
-  return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+  return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "per_sample": per_sample}
 
+
+
+# What `evaluate` returns per sample rather than as one number: kept out of the logs.
+PER_SAMPLE_KEYS = ("eval_examples", "eval_hits", "text_sample_losses")
 
 
 def evaluate(config, model, tokenizer, data_config) -> dict:
   """Held-out answer accuracy and loss (`data.eval_json`) and text perplexity
-  (`data.text_eval_json`), over `eval.num_samples` samples each, as configured."""
+  (`data.text_eval_json`), over `eval.num_samples` samples each, as configured; per
+  sample also the answers' hits and the text samples' [loss sum, tokens]."""
   out, e = {}, config.eval
   eval_source = open_source(config.data, "eval")
   if eval_source is not None:
     acc = answer_accuracy(model, tokenizer, eval_source, data_config, limit=e.num_samples,
                           max_new_tokens=e.max_new_tokens)
     out.update(eval_accuracy=acc["accuracy"], eval_accuracy_per_task=acc["per_task"],
-               eval_examples=acc["examples"])
+               eval_examples=acc["examples"], eval_hits=acc["hits"])
     out["eval_loss"] = mean_loss(model, tokenizer, eval_source, data_config, limit=e.num_samples)["loss"]
   text = text_source(config.data)
   if text is not None:
-    out["text_perplexity"] = mean_loss(model, tokenizer, text, data_config, limit=e.num_samples)["perplexity"]
+    text_loss = mean_loss(model, tokenizer, text, data_config, limit=e.num_samples)
+    out.update(text_perplexity=text_loss["perplexity"], text_sample_losses=text_loss["per_sample"])
   return out

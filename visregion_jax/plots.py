@@ -1,93 +1,87 @@
-"""PNG bar charts drawn with PIL, so charts need no plotting library.
+"""PNG charts drawn with matplotlib (its Agg backend: no display needed, on pods too).
 
-`layer_scores_chart` is the one picture pruning and region studies share: a value
-per decoder layer, with the visual-region layers and the removed layers in their own
-colours and a legend naming them.
+`layer_scores_chart` is the picture pruning and the region study share: a value per
+decoder layer, with the visual-region layers and the removed layers in their own
+colours. `bar_chart` and `line_chart` draw the study's estimates with their confidence
+intervals as error bars, which is why the charts are matplotlib's: hand-drawn charts
+could not show the uncertainty every number of a study carries.
 """
 
 import math
 import os
 
-from PIL import Image, ImageDraw, ImageFont
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
 
 PLAIN = (160, 160, 160)
 REGION = (52, 101, 164)
 REMOVED = (204, 0, 0)
 REGION_REMOVED = (117, 80, 123)  # only when a baseline lets region layers be removed
-_INK, _GRID, _PAPER = (0, 0, 0), (225, 225, 225), (255, 255, 255)
-_LEFT, _RIGHT, _TOP, _BOTTOM, _PLOT_HEIGHT = 72, 24, 64, 48, 300
+SERIES = ((52, 101, 164), (204, 0, 0), (78, 154, 6), (245, 121, 0), (117, 80, 123), (143, 89, 2))
 
 
-def _font(size: int):
-  return ImageFont.load_default(size=size)
+def _rgb(color) -> tuple:
+  return tuple(c / 255 for c in color)
 
 
 def _finite(value) -> bool:
   return value is not None and math.isfinite(value)
 
 
-def _ticks(lo: float, hi: float) -> list:
-  """Round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
-  raw = (hi - lo) / 5
-  power = 10 ** math.floor(math.log10(raw))
-  step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-  first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
-  return [round(j * step, 12) for j in range(first, last + 1)]
-
-
-def bar_chart(path: str, values, colors, *, labels, legend=(), title: str = "", y_label: str = "",
-              x_label: str = "", group: int = 1) -> str:
-  """One bar per value (None or non-finite: no bar), `legend` = [(colour, text)] in a
-  row under the title; returns `path`. Each label sits under `group` consecutive bars,
-  so series side by side are values interleaved per group (None leaves a gap)."""
-  n = len(values)
-  small, large = _font(11), _font(14)
-  widest = max((small.getlength(str(t)) for t in labels), default=0)
-  slot = max(6, min(40, 900 // max(n, 1)))
-  if n * slot < 900:  # room to spare: widen the slots until every label fits
-    slot = max(slot, min(120, math.ceil((widest + 8) / group)))
-  width = max(480, _LEFT + n * slot + _RIGHT, math.ceil(_LEFT + large.getlength(title) + _RIGHT))
-  height = _TOP + _PLOT_HEIGHT + _BOTTOM
-  image = Image.new("RGB", (width, height), _PAPER)
-  draw = ImageDraw.Draw(image)
-  shown = [v for v in values if _finite(v)]
-  lo, hi = min(shown + [0.0]), max(shown + [0.0])
-  ticks = _ticks(lo, hi if hi > lo else lo + 1.0)
-  lo, hi = ticks[0], ticks[-1]
-
-  def y_of(value: float) -> float:
-    return _TOP + (hi - value) / (hi - lo) * _PLOT_HEIGHT
-
-  for tick in ticks:
-    y = y_of(tick)
-    draw.line([(_LEFT, y), (width - _RIGHT, y)], fill=_GRID)
-    draw.text((_LEFT - 6, y), f"{tick:g}", fill=_INK, font=small, anchor="rm")
-  label_every = max(1, math.ceil(widest / (group * slot - 2)))
-  zero = y_of(0.0)
-  for i, (value, color) in enumerate(zip(values, colors)):
-    x0 = _LEFT + i * slot + max(1, slot // 8)
-    x1 = _LEFT + (i + 1) * slot - max(1, slot // 8) - 1
-    if _finite(value):
-      top, bottom = sorted((y_of(value), zero))
-      draw.rectangle([(x0, min(top, bottom - 1)), (x1, bottom)], fill=color)  # a visible sliver for ~0
-  for j, label in enumerate(labels):
-    if j % label_every == 0:
-      center = _LEFT + (j + 0.5) * group * slot
-      draw.text((center, _TOP + _PLOT_HEIGHT + 6), str(label), fill=_INK, font=small, anchor="mt")
-  draw.line([(_LEFT, zero), (width - _RIGHT, zero)], fill=_INK)
-  draw.line([(_LEFT, _TOP), (_LEFT, _TOP + _PLOT_HEIGHT)], fill=_INK)
-  draw.text((_LEFT, 8), title, fill=_INK, font=large)
-  x = _LEFT
-  for color, text in legend:
-    draw.rectangle([(x, 36), (x + 12, 48)], fill=color)
-    draw.text((x + 18, 42), text, fill=_INK, font=small, anchor="lm")
-    x += 18 + draw.textlength(text, font=small) + 16
-  if y_label:
-    draw.text((8, _TOP - 18), y_label, fill=_INK, font=small)
-  draw.text((_LEFT + n * slot / 2, height - 14), x_label, fill=_INK, font=small, anchor="mm")
+def _save(fig, path: str) -> str:
+  """Written beside and renamed, so a chart is never seen half-written."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  image.save(path, format="PNG")
+  fig.savefig(path + ".tmp", format="png", dpi=100)
+  plt.close(fig)
+  os.replace(path + ".tmp", path)
   return path
+
+
+def _error_bars(values, intervals) -> list:
+  """matplotlib's [below, above] distances from (low, high) intervals (None: no bar)."""
+  below, above = [], []
+  for value, interval in zip(values, intervals):
+    ok = _finite(value) and interval is not None and all(_finite(x) for x in interval)
+    below.append(value - interval[0] if ok else 0.0)
+    above.append(interval[1] - value if ok else 0.0)
+  return [below, above]
+
+
+def bar_chart(path: str, values, colors, *, labels, intervals=None, title: str = "", y_label: str = "",
+              x_label: str = "") -> str:
+  """One bar per value (None or non-finite: no bar), each with its (low, high) interval
+  as an error bar when `intervals` is given; returns `path`."""
+  fig, ax = plt.subplots(figsize=(max(4.8, 0.9 * len(values) + 1.5), 4.0))
+  shown = [v if _finite(v) else 0.0 for v in values]
+  bars = ax.bar(range(len(values)), shown, color=[_rgb(c) for c in colors], antialiased=False,
+                yerr=_error_bars(values, intervals) if intervals is not None else None,
+                capsize=4, error_kw={"elinewidth": 1.2})
+  for bar, value in zip(bars, values):
+    bar.set_visible(_finite(value))
+  ax.set_xticks(range(len(values)), [str(x) for x in labels])
+  ax.set(title=title, ylabel=y_label, xlabel=x_label)
+  ax.grid(axis="y", color="0.9")
+  ax.set_axisbelow(True)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def line_chart(path: str, x, series: dict, *, title: str = "", y_label: str = "", x_label: str = "") -> str:
+  """One line per series name: {"values": [...], "intervals": [(low, high) | None]} over
+  `x`, the intervals drawn as error bars; None values leave gaps."""
+  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  for i, (name, s) in enumerate(series.items()):
+    values = [v if _finite(v) else math.nan for v in s["values"]]
+    ax.errorbar(x, values, yerr=_error_bars(s["values"], s.get("intervals") or [None] * len(x)), capsize=3,
+                marker="o", color=_rgb(SERIES[i % len(SERIES)]), label=name)
+  ax.set_xticks(list(x))
+  ax.set(title=title, ylabel=y_label, xlabel=x_label)
+  ax.grid(color="0.9")
+  ax.legend()
+  fig.tight_layout()
+  return _save(fig, path)
 
 
 def layer_scores_chart(path: str, scores, *, region=(), removed=(), title: str = "Layer scores",
@@ -98,6 +92,19 @@ def layer_scores_chart(path: str, scores, *, region=(), removed=(), title: str =
   kinds = {(False, False): (PLAIN, "other layers"), (True, False): (REGION, "visual region"),
            (False, True): (REMOVED, "removed"), (True, True): (REGION_REMOVED, "region, removed")}
   keys = [(i in region, i in removed) for i in range(len(scores))]
-  legend = [kinds[key] for key in kinds if key in keys]
-  return bar_chart(path, list(scores), [kinds[key][0] for key in keys], labels=list(range(len(scores))),
-                   legend=legend, title=title, y_label=y_label, x_label="decoder layer")
+  fig, ax = plt.subplots(figsize=(max(6.4, 0.22 * len(scores) + 2), 4.0))
+  shown = [s if _finite(s) else 0.0 for s in scores]
+  bars = ax.bar(range(len(scores)), shown, color=[_rgb(kinds[k][0]) for k in keys], antialiased=False)
+  for bar, score in zip(bars, scores):
+    bar.set_visible(_finite(score))
+  for key, (color, text) in kinds.items():
+    if key in keys:
+      ax.bar([0], [0], color=_rgb(color), label=text)  # a legend entry per kind present
+  ax.set_xticks(range(len(scores)), [str(i) for i in range(len(scores))], fontsize=7)
+  ax.set(title=title, ylabel=y_label, xlabel="decoder layer")
+  ax.title.set_fontsize(9)
+  ax.grid(axis="y", color="0.9")
+  ax.set_axisbelow(True)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return _save(fig, path)

@@ -24,7 +24,7 @@ from visregion_jax.convert import load_tokenizer, to_hf
 from visregion_jax.data import packing, pipeline, skip
 from visregion_jax.data.from_config import data_config_for, open_source
 from visregion_jax.errors import Interrupted, VisRegionError
-from visregion_jax.evaluation import evaluate
+from visregion_jax.evaluation import PER_SAMPLE_KEYS, evaluate
 from visregion_jax.plan import TrainingPlan
 from visregion_jax.publish import write_file_atomically
 from visregion_jax.train.builder import build_model, fingerprint
@@ -40,7 +40,7 @@ from visregion_jax.train.workdir_lock import WorkdirLock
 
 
 def _short(metrics: dict) -> dict:
-  return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items() if k != "eval_examples"}
+  return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items() if k not in PER_SAMPLE_KEYS}
 
 
 class Trainer:
