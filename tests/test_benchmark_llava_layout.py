@@ -142,7 +142,8 @@ def seedbench_layout(root) -> list:
   jsonl(root / "llava-seed-bench.jsonl", [
       {"image": "SEED-Bench-image/1.jpg", "text": "How many cups?\nA. one\nB. two\nC. three\nD. four" + LETTER,
        "category": "Instances Counting", "question_id": "101"},
-      {"image": "SEED-Bench-video-image/7.png", "text": "What happens next?" + LETTER, "question_id": "902"}])
+      {"image": "SEED-Bench-video-image/7.png", "text": "What happens next?\nA. sit\nB. run\nC. jump\nD. wave" + LETTER,
+       "question_id": "902"}])
   put(root / "SEED-Bench-image" / "1.jpg", image_bytes(1))
   put(root / "SEED-Bench-video-image" / "7.png", image_bytes(7))
   return [{k: e[k] for k in tasks.TASKS["seedbench"].parquet.columns} for e in entries]
