@@ -18,8 +18,9 @@ from visregion_jax.benchmarks.images import Images
 from visregion_jax.benchmarks.parquet_split import ParquetSplit
 from visregion_jax.benchmarks.sample import Sample
 
-# Row groups of a joined image table kept decoded from parquet (not from image format):
-# Hub image datasets hold ~100 images a row group, so GQA's 398 test-dev images fit.
+# Row groups of a joined image table kept in memory once read (their images still
+# encoded): Hub image datasets hold ~100 images a row group, so GQA's 398 test-dev images
+# are read once; a larger table is re-read as questions revisit its groups.
 CACHED_ROW_GROUPS = 8
 _IMAGE_TAG = re.compile(r"<image (\d+)>")
 
@@ -100,6 +101,7 @@ class ParquetTask:
     return tuple(self._exemplars.get(sample.fields.get("subject"), ()))
 
   def _fetches(self, row: dict, fields: dict, what: str) -> list:
+    """The row's image fetches under the task's image rule (tasks.py)."""
     rule, columns = self.spec.images, self.spec.image_columns
     if rule == tasks.ONE_IMAGE or (rule == tasks.OPTIONAL_IMAGE and row[columns[0]] is not None):
       return [lazy.from_struct(row[columns[0]], what)]
