@@ -62,6 +62,28 @@ def _check_text(conversations, index: int) -> list:
   return conversations
 
 
+def resolve_inside(root: str, relative: str, what: str) -> str:
+  """`relative` under the real path `root`, or `SkipSample(PATH_OUTSIDE_ROOT)` when it
+  resolves outside it (`..`, an absolute path or a symlink out): data files name paths,
+  and a file must not make us read anything the user did not hand us."""
+  path = os.path.realpath(os.path.join(root, relative))
+  if os.path.commonpath([path, root]) != root:
+    raise skip.SkipSample(skip.PATH_OUTSIDE_ROOT, f"{what}: {relative}")
+  return path
+
+
+def read_regular_file(path: str, what: str) -> bytes:
+  """The bytes of a regular file; a directory, FIFO or device is never opened (it could
+  block) and a missing or unreadable file is a `SkipSample`, not a crash."""
+  try:
+    if not stat.S_ISREG(os.stat(path).st_mode):
+      raise skip.SkipSample(skip.NOT_A_FILE, f"{what}: {path}")
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError:
+    raise skip.SkipSample(skip.MISSING_IMAGE, f"{what}: {path}") from None
+
+
 class JsonSource:
   """A LLaVA JSON list; image paths resolve inside `image_root` or the sample is skipped."""
 
@@ -75,24 +97,10 @@ class JsonSource:
   def __len__(self) -> int:
     return len(self.samples)
 
-  def resolve(self, relative: str, index: int) -> str:
-    path = os.path.realpath(os.path.join(self.image_root, relative))
-    if os.path.commonpath([path, self.image_root]) != self.image_root:
-      raise skip.SkipSample(skip.PATH_OUTSIDE_ROOT, f"sample {index}: {relative}")
-    return path
-
   def __getitem__(self, index: int) -> dict:
     sample = self.samples[index]
-    paths = [self.resolve(p, index) for p in image_paths(sample, index)]
-    images = []
-    for path in paths:
-      try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-          raise skip.SkipSample(skip.NOT_A_FILE, f"sample {index}: {path}")
-        with open(path, "rb") as f:
-          images.append(f.read())
-      except OSError:
-        raise skip.SkipSample(skip.MISSING_IMAGE, f"sample {index}: {path}") from None
+    paths = [resolve_inside(self.image_root, p, f"sample {index}") for p in image_paths(sample, index)]
+    images = [read_regular_file(path, f"sample {index}") for path in paths]
     return {"id": str(sample.get("id", index)),
             "conversations": _check_text(sample.get("conversations"), index), "images": images}
 
