@@ -15,9 +15,12 @@ $(VENV)/.runtime-installed: requirements.txt pyproject.toml
 	touch $@
 
 # llama.cpp (the reader GGUF export is for) from a local wheel, its dependencies (diskcache,
-# jinja2) from the registry; without the wheel its tests skip.
+# jinja2) from the registry; without the wheel its tests skip. lmms-eval, the reference of
+# the benchmark scorers' tests, without its dependencies (a whole PyTorch evaluation stack):
+# the tests load its task files by path.
 $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
 	$(PIP) install -q -r requirements-dev.txt
+	$(PIP) install -q --no-deps lmms-eval==0.7.3
 	if ls ../shared/wheels/llama_cpp_python-*.whl >/dev/null 2>&1; then \
 	  $(PIP) install -q ../shared/wheels/llama_cpp_python-*.whl; \
 	else echo "no ../shared/wheels/llama_cpp_python-*.whl: the llama.cpp tests of GGUF export will skip"; fi

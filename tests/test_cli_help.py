@@ -9,6 +9,7 @@ import pytest
 
 from visregion_jax.config.defaults import KEYS
 from visregion_jax.convert.__main__ import main as convert_main
+from visregion_jax.evaluate.__main__ import main as evaluate_main
 from visregion_jax.generate.__main__ import main as generate_main
 from visregion_jax.prune.__main__ import main as prune_main
 from visregion_jax.train.__main__ import main as train_main
@@ -34,7 +35,8 @@ def test_help_shows_the_given_config(capsys):
 
 @pytest.mark.parametrize("main, args", [(convert_main, ["--help"]), (convert_main, ["to-hf", "--help"]),
                                         (convert_main, ["from-hf", "--help"]), (convert_main, ["to-gguf", "--help"]),
-                                        (generate_main, ["--help"])])
+                                        (generate_main, ["--help"]), (evaluate_main, ["--help"]),
+                                        (evaluate_main, ["score", "--help"])])
 def test_argparse_commands(main, args, capsys):
   with pytest.raises(SystemExit) as exit_info:
     main(args)
@@ -43,7 +45,7 @@ def test_argparse_commands(main, args, capsys):
   assert out.startswith("usage: python -m visregion_jax.") and "--" in out
 
 
-@pytest.mark.parametrize("command", ["train", "prune", "convert", "generate"])
+@pytest.mark.parametrize("command", ["train", "prune", "convert", "generate", "evaluate"])
 def test_python_dash_m_help(command):
   """What a user types: `python -m visregion_jax.X --help`."""
   proc = subprocess.run([sys.executable, "-m", f"visregion_jax.{command}", "--help"], cwd=REPO,

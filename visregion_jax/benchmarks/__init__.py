@@ -1,1 +1,1 @@
-"""The paper's benchmarks: their published files read locally, prompted and scored as the references do."""
+"""The paper's benchmarks: reading their published files, prompting as LLaVA-1.5 does, and scoring as lmms-eval does."""

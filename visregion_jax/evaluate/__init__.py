@@ -1,0 +1,1 @@
+"""Benchmark evaluation of a model; `python -m visregion_jax.evaluate` is the command."""
