@@ -33,10 +33,16 @@ def test_help_shows_the_given_config(capsys):
   assert "  demo.data_root = " in out  # a key the demo config adds
 
 
+def test_evaluate_help_names_both_forms_and_the_benchmark_keys(capsys):
+  assert evaluate_main(["--help"]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("usage: python -m visregion_jax.evaluate") and "evaluate score --task" in out
+  assert "  eval.tasks = ''\n" in out and "  eval.data.pope = ''\n" in out
+
+
 @pytest.mark.parametrize("main, args", [(convert_main, ["--help"]), (convert_main, ["to-hf", "--help"]),
                                         (convert_main, ["from-hf", "--help"]), (convert_main, ["to-gguf", "--help"]),
-                                        (generate_main, ["--help"]), (evaluate_main, ["--help"]),
-                                        (evaluate_main, ["score", "--help"])])
+                                        (generate_main, ["--help"]), (evaluate_main, ["score", "--help"])])
 def test_argparse_commands(main, args, capsys):
   with pytest.raises(SystemExit) as exit_info:
     main(args)

@@ -117,6 +117,21 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
           for k, v in local_batch.items()}
 
 
+def on_mesh(model: nnx.Module, mesh: Mesh) -> nnx.Module:
+  """The model with its arrays placed as training places them: parameters split by
+  their logical axes over the mesh, everything else replicated."""
+  graphdef, state = nnx.split(model)
+  return nnx.merge(graphdef, jax.device_put(state, state_shardings(state, mesh)))
+
+
+def local_rows(x: jax.Array, mesh: Mesh) -> np.ndarray:
+  """This process's rows of a global array split over (data, fsdp): the inverse of
+  `global_batch` for one array."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  spec = PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1)))
+  return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
+
+
 def gathered_to_host(model: nnx.Module) -> nnx.Module:
   """The model with every array readable whole by this process, for writing it out.
 

@@ -89,6 +89,17 @@ KEYS = (
     ("eval.at_end", True, "evaluate after the last step"),
     ("eval.num_samples", 64, "held-out samples per evaluation"),
     ("eval.max_new_tokens", 16, "greedy tokens generated per answer"),
+    ("eval.tasks", "", "benchmarks to evaluate, lmms-eval's names, comma separated (gqa, textvqa_val, vqav2_val, "
+     "pope, mme, scienceqa_img, seedbench, mmbench_en_dev, mmmu_val, mmlu): at the end of training, by "
+     "`python -m visregion_jax.evaluate`, in pruning's report (docs/evaluation.md)"),
+    ("eval.model", "", "the model `python -m visregion_jax.evaluate` evaluates (HF dir, JAX checkpoint or "
+     "training workdir); empty = this config's workdir"),
+    *((f"eval.data.{task}", "", f"folder of {task}'s published files (docs/evaluation.md)") for task in (
+        "gqa", "textvqa_val", "vqav2_val", "pope", "mme", "scienceqa_img", "seedbench", "mmbench_en_dev",
+        "mmmu_val", "mmlu")),
+    ("eval.batch_size", 8, "benchmark samples answered per batch, over all processes"),
+    ("eval.limit", 0, "benchmark samples per task, the first ones (0 = all)"),
+    ("eval.prompt_style", "llava", "benchmark prompts worded as LLaVA-1.5's eval (llava) or lmms-eval's (lmms_eval)"),
 
     ("prune.model", "", "HF dir to prune; empty = the training run's export WORKDIR/hf"),
     ("prune.k", 2, "layers to remove"),

@@ -1,11 +1,22 @@
-"""`python -m visregion_jax.evaluate score --task TASK --predictions FILE.jsonl`: the task's
-metrics over saved predictions, as one JSON object on stdout, equal to lmms-eval's scoring
-(visregion_jax.benchmarks.scoring says how and where ours-only metrics are added)."""
+"""`python -m visregion_jax.evaluate --config configs/NAME.py [--config.eval.tasks=gqa,pope,...]
+[--config.eval.model=HF_DIR_OR_WORKDIR] [--config.KEY=VALUE ...]`
+
+Evaluates a model on the paper's benchmarks, read from local copies of their published
+files (`eval.data.<task>`, docs/evaluation.md), prompted as LLaVA-1.5's evaluation
+prompts them and scored as lmms-eval scores them. Writes WORKDIR/eval/<task>.jsonl (each
+benchmark row's fields and the model's `prediction`; a rerun continues after the last
+line), WORKDIR/eval/results.json and results.md. Runs sharded over the config's mesh
+and over every process of a multi-process job.
+
+`python -m visregion_jax.evaluate score --task TASK --predictions FILE.jsonl` scores saved
+predictions without a model and prints the task's metrics as one JSON object.
+"""
 
 import json
 import sys
 
 from visregion_jax import cli
+from visregion_jax.benchmarks import job
 from visregion_jax.benchmarks.scoring import TASKS, check_task, score
 from visregion_jax.benchmarks.scoring.predictions import read_predictions
 
@@ -17,19 +28,23 @@ def score_file(task: str, path: str) -> None:
   print(json.dumps(score(task, rows, where)))
 
 
-def main(argv=None) -> int:
-  parser = cli.ArgumentParser(prog="python -m visregion_jax.evaluate",
-                              description="Evaluate a model on the paper's benchmarks, scored as lmms-eval scores them.")
-  # The generating form, `--config FILE.py [--config.KEY=VALUE ...]`, is added here beside `score`.
-  sub = parser.add_subparsers(dest="command", required=True)
-  rescore = sub.add_parser("score", help="score saved predictions without generating: prints the metrics as JSON",
-                           description="Score a predictions file (one JSON object per line: the benchmark row's "
-                           "fields as its dataset names them plus `prediction`, the model's raw answer) and print "
-                           "the task's metrics, named and scaled as lmms-eval reports them, as one JSON object.")
-  rescore.add_argument("--task", required=True, help=f"the lmms-eval task: {', '.join(TASKS)}")
-  rescore.add_argument("--predictions", required=True, help="the .jsonl file, e.g. WORKDIR/eval/<task>.jsonl")
+def score_command(argv: list) -> int:
+  parser = cli.ArgumentParser(
+      prog="python -m visregion_jax.evaluate score",
+      description="Score a predictions file (one JSON object per line: the benchmark row's fields as its dataset "
+      "names them plus `prediction`, the model's raw answer) and print the task's metrics, named and scaled as "
+      "lmms-eval reports them, as one JSON object.")
+  parser.add_argument("--task", required=True, help=f"the lmms-eval task: {', '.join(TASKS)}")
+  parser.add_argument("--predictions", required=True, help="the .jsonl file, e.g. WORKDIR/eval/<task>.jsonl")
   args = parser.parse_args(argv)
   return cli.run_main(lambda: score_file(args.task, args.predictions))
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ["score"]:
+    return score_command(argv[1:])
+  return cli.config_command("python -m visregion_jax.evaluate", __doc__, job.run, argv)
 
 
 if __name__ == "__main__":

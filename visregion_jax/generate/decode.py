@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from visregion_jax import sharding
 from visregion_jax.errors import VisRegionError
 from visregion_jax.generate.prompts import encode_chat
 
@@ -35,9 +36,10 @@ def _sample(logits: jnp.ndarray, rng, temperature: float, top_p: float) -> jnp.n
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_p"))
-def _generate(graphdef, state, input_ids, attention_mask, extra_inputs, eos_ids, pad_id, rng, *,
+def _generate(graphdef, state, input_ids, attention_mask, extra_inputs, eos_ids, pad_id, seed, *,
               max_new_tokens: int, temperature: float, top_p: float):
   model = nnx.merge(graphdef, state)
+  rng = jax.random.key(seed)
   batch, prompt_len = input_ids.shape
   cache = model.init_cache(batch, prompt_len + max_new_tokens)
   out = model.forward(input_ids, attention_mask=attention_mask, cache=cache, logits="last",
@@ -64,30 +66,38 @@ def _generate(graphdef, state, input_ids, attention_mask, extra_inputs, eos_ids,
 
 def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int = 32,
              eos_token_ids: Optional[Sequence[int]] = None, pad_token_id: Optional[int] = None,
-             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, mesh=None,
              **extra_inputs) -> np.ndarray:
   """New tokens [B, max_new_tokens] for left-padded prompts [B, T].
 
   A sample's tokens after its end-of-sequence token are `pad_token_id`. `extra_inputs`
   (e.g. `pixel_values` for an LVLM) go to the prefill forward pass only.
+
+  With `mesh`, the prompts (and their images) are this process's rows of one batch split
+  over the mesh's batch axes, as training splits its batches: every process calls this
+  with its own rows (the same shapes on each), the rows decode as one sharded batch,
+  and each process gets its own rows' tokens back. The model's state must be on the
+  mesh already (sharding.state_shardings).
   """
   if temperature < 0 or not 0 < top_p <= 1:
     raise VisRegionError("generate", f"expected temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-  input_ids = jnp.asarray(input_ids, jnp.int32)
-  if attention_mask is None:
-    attention_mask = jnp.ones_like(input_ids)
-  attention_mask = jnp.asarray(attention_mask, jnp.int32)
-  if bool(jnp.any(attention_mask[:, -1] == 0)):
+  input_ids = np.asarray(input_ids, np.int32)
+  attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
+  if np.any(attention_mask[:, -1] == 0):
     raise VisRegionError("attention_mask", "expected left padding (the last prompt position real)")
   model.validate(input_ids, **extra_inputs)
   config = model.config
   eos = tuple(config.eos_token_ids) if eos_token_ids is None else tuple(eos_token_ids)
   pad = next(p for p in (pad_token_id, config.pad_token_id, eos[0] if eos else 0) if p is not None)
+  inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **extra_inputs}
+  if mesh is not None:
+    inputs = sharding.global_batch({k: np.asarray(v) for k, v in inputs.items()}, mesh)
   graphdef, state = nnx.split(model)
-  tokens = _generate(graphdef, state, input_ids, attention_mask, extra_inputs,
-                     jnp.asarray(eos or (-1,), jnp.int32), jnp.int32(pad), jax.random.key(seed),
-                     max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p))
-  return np.asarray(tokens)
+  ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+  tokens = _generate(graphdef, state, ids, mask, inputs, np.asarray(eos or (-1,), np.int32), np.int32(pad),
+                     np.uint32(seed), max_new_tokens=max_new_tokens, temperature=float(temperature),
+                     top_p=float(top_p))
+  return sharding.local_rows(tokens, mesh) if mesh is not None else np.asarray(tokens)
 
 
 def chat(model, tokenizer, prompts: Sequence[str], images: Optional[Sequence[Sequence]] = None, *,
