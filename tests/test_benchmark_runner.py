@@ -17,8 +17,8 @@ import pytest
 import train_fixtures
 from test_convert_errors import assert_one_error_line
 
-from visregion_jax.train import loop as train
 from visregion_jax.config import load_config
+from visregion_jax.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("pope", "gqa", "mmlu")
