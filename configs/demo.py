@@ -42,4 +42,7 @@ def get_config():
   c.eval.at_start = True
   c.eval.num_samples = 64
   c.eval.max_new_tokens = 8
+  c.eval.tasks = "gqa"            # the same 64 questions through the benchmark path (GQA's layout,
+  c.eval.data.gqa = "{workdir}/data/gqa"  # LLaVA's short-answer prompt, lmms-eval's exact match)
+  c.eval.limit = 64
   return c

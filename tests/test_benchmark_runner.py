@@ -18,6 +18,7 @@ import train_fixtures
 from test_convert_errors import assert_one_error_line
 
 from visregion_jax.config import load_config
+from visregion_jax.demo.gqa_layout import write_gqa_layout
 from visregion_jax.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,11 +31,25 @@ def inputs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def export(inputs, tmp_path_factory):
+def synthetic_gqa(inputs, tmp_path_factory):
+  """The fixture's held-out image questions in GQA's LLaVA layout (the demo writes its own so)."""
+  return write_gqa_layout(os.path.join(inputs["data"], "eval.json"), inputs["data"],
+                          str(tmp_path_factory.mktemp("synthetic") / "gqa"))
+
+
+@pytest.fixture(scope="module")
+def trained(inputs, synthetic_gqa, tmp_path_factory):
+  """One training step that evaluates GQA at its end (eval.tasks), and exports."""
   workdir = str(tmp_path_factory.mktemp("bench_trained"))
-  train.run(load_config(train_fixtures.overrides(inputs, workdir, **{"train.export_hf": "true", "train.steps": 1}),
-                        "test"))
-  return os.path.join(workdir, "hf")
+  train.run(load_config(train_fixtures.overrides(inputs, workdir, **{
+      "train.export_hf": "true", "train.steps": 1, "eval.at_end": "true", "eval.tasks": "gqa",
+      "eval.data.gqa": synthetic_gqa, "eval.max_new_tokens": 4}), "test"))
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def export(trained):
+  return os.path.join(trained, "hf")
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +206,38 @@ def test_a_missing_column_is_named_before_the_model_loads(export, data, tmp_path
 def test_a_text_decoder_is_refused_for_image_tasks(data, inputs, tmp_path):
   done = evaluate(argv(inputs["decoder"], data, str(tmp_path / "w")))
   assert_one_error_line(done.returncode, done.stderr, "eval.model: expected a vision-language model for pope, gqa")
+
+
+def test_training_reports_what_the_command_gives_for_its_export(trained, synthetic_gqa, export, tmp_path):
+  """eval.tasks at the end of training, and the command on the exported model: the same
+  questions (the synthetic held-out set in GQA's layout), the same answers and score."""
+  with open(os.path.join(trained, "metrics.jsonl"), encoding="utf-8") as f:
+    reported = [json.loads(line) for line in f if "gqa/exact_match" in line]
+  assert len(reported) == 1 and "eval_accuracy" in reported[0]
+  workdir = str(tmp_path / "w")
+  done = evaluate(argv(export, {"gqa": synthetic_gqa}, workdir, **{"eval.tasks": "gqa"}))
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.load(open(os.path.join(workdir, "eval", "results.json"), encoding="utf-8"))
+  assert results["gqa"]["metrics"]["exact_match"] == reported[0]["gqa/exact_match"]
+  assert predictions(workdir, "gqa") == predictions(trained, "gqa")
+  assert len(predictions(workdir, "gqa")) == 8  # every held-out question of the fixture has an image
+
+
+def test_the_prune_report_gains_the_benchmarks(trained, synthetic_gqa, inputs, tmp_path):
+  """With eval.tasks set, pruning answers them for the model before and after removal."""
+  workdir = shutil.copytree(trained, str(tmp_path / "w"))
+  shutil.rmtree(os.path.join(workdir, "eval"))
+  args = train_fixtures.overrides(inputs, workdir, **{"prune.k": 1, "prune.latency_runs": 2, "eval.tasks": "gqa",
+                                                       "eval.data.gqa": synthetic_gqa, "eval.max_new_tokens": 4,
+                                                       "eval.num_samples": 2})
+  done = subprocess.run([sys.executable, "-m", "visregion_jax.prune", *args], capture_output=True, text=True,
+                        cwd=REPO, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = json.load(open(os.path.join(workdir, "prune", "report.json"), encoding="utf-8"))
+  for stage in ("before", "pruned"):
+    assert set(report[stage]["benchmarks"]) == {"gqa/exact_match"}, stage
+    assert len(predictions(os.path.join(workdir, "prune"), f"{stage}/gqa")) == 8
+  before = predictions(os.path.join(workdir, "prune"), "before/gqa")
+  assert [p["prediction"] for p in before] == [p["prediction"] for p in predictions(trained, "gqa")]
+  with open(os.path.join(workdir, "prune", "report.md"), encoding="utf-8") as f:
+    assert "| benchmark gqa/exact_match |" in f.read()

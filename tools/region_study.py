@@ -16,7 +16,8 @@ tower, are shared) it trains one arm per layer choice with everything else equal
   projector  the projector alone
 and measures held-out answer accuracy (`data.eval_json`, `eval.num_samples` questions),
 text perplexity (`data.text_eval_json`; the untrained base is measured too), median
-step time and optimizer-state bytes. Then it prunes k = 1..K layers from each
+step time, optimizer-state bytes and, where `eval.tasks` names benchmarks, their
+metrics (docs/evaluation.md; mean over seeds). Then it prunes k = 1..K layers from each
 --prune-arms model: layers are scored once per model (`prune.metric` on the
 calibration samples of `prune.*`) and the k lowest are removed, never a layer of the
 uniform region, so every model chooses among the same candidates; with
@@ -169,7 +170,7 @@ class Seed:
               "trainable_params": results["trainable_params"], "optimizer_bytes": results["optimizer_bytes"],
               # A resumed arm timed fewer steps; the first step of a process compiles.
               "step_time_s": statistics.median(times[1:] or times) if times else None,
-              **_measured(results["after"])}
+              **_measured(results["after"]), "benchmarks": results.get("benchmarks") or {}}
     write_json(path, result)
     return result
 

@@ -77,6 +77,21 @@ def arms_table(base: dict, arms: dict, stats: dict) -> list:
   return rows
 
 
+def benchmarks_table(arms: dict) -> list:
+  """Each arm's benchmark metrics (`eval.tasks`), the mean over seeds and the seeds' range."""
+  names = sorted({k for runs in arms.values() for r in runs for k in r.get("benchmarks", {})})
+  if not names:
+    return []
+  rows = ["| arm | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+  for arm, runs in arms.items():
+    cells = []
+    for name in names:
+      values = [r["benchmarks"][name] for r in runs if name in r.get("benchmarks", {})]
+      cells.append(f"{np.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})" if values else "-")
+    rows.append(f"| {arm} | " + " | ".join(cells) + " |")
+  return ["Benchmarks (eval.tasks; mean over seeds, range in brackets):", "", *rows, ""]
+
+
 def comparisons_table(comparisons: dict) -> list:
   rows = ["| comparison | accuracy difference | text perplexity difference |", "|---|---|---|"]
   for pair, c in comparisons.items():
@@ -182,7 +197,7 @@ def write_report(out: str, command: str, config, bases: list, arms: dict, pruned
            f"Cells: mean over seeds [95% bootstrap interval over seeds and questions, "
            f"{bootstrap.REPLICATES} replicates].", "", *arms_table(base, arms, stats), "",
            "Paired differences (same seeds, same questions); the verdict says whether the interval excludes 0:",
-           "", *comparisons_table(comparisons), ""]
+           "", *comparisons_table(comparisons), "", *benchmarks_table(arms)]
   for arm, rows in prune_rows.items():
     lines += [f"Pruning by {scores[arm]['metric']}, never a layer of the uniform region"
               + (f"; healing: {config.prune.heal_steps} steps of prune.heal_layers="

@@ -1,10 +1,10 @@
 """Evaluating one model on the configured benchmarks: answer (runner.py), score
 (scoring/), report (results.py).
 
-`evaluate_model` is what training's end, pruning's report and the `evaluate` command
-share: it takes a model already on the mesh. `run` is the command's whole job: check the
-keys, open every task (files and columns checked), look at the model's config, and only
-then load the weights.
+`evaluate_model` is what training, pruning's report and the `evaluate` command share:
+it takes a model already placed (on the mesh, when there is one). `claim` keeps one
+folder of predictions to one model and one set of answer-changing settings, so a rerun
+continues only its own predictions.
 """
 
 import json
@@ -13,17 +13,13 @@ import time
 
 import jax
 
-from visregion_jax import sharding
 from visregion_jax.benchmarks import results as results_file
 from visregion_jax.benchmarks import settings
 from visregion_jax.benchmarks.runner import Setup, TaskRun
 from visregion_jax.benchmarks.scoring import score
 from visregion_jax.benchmarks.scoring.predictions import read_predictions
 from visregion_jax.console import log_line
-from visregion_jax.convert import load_tokenizer
-from visregion_jax.convert.processor import read_image_processor
 from visregion_jax.errors import VisRegionError
-from visregion_jax.loading import load_model, peek_model
 from visregion_jax.models.lvlm import LVLM
 from visregion_jax.publish import write_file_atomically
 
@@ -80,31 +76,14 @@ def evaluate_model(model, setup: Setup, opened: dict, out_dir: str) -> dict:
   return found
 
 
-def run(config) -> dict:
-  """`python -m visregion_jax.evaluate --config ...`: the configured tasks on `eval.model`."""
-  sharding.maybe_initialize_distributed(config.get("distributed", False))
-  names = settings.check(config)
+def benchmark_metrics(config, model, tokenizer, data_config, out_dir: str, name: str, mesh=None) -> dict:
+  """The configured benchmarks (`eval.tasks`; {} when none) of `model`, answered into
+  `out_dir` for the model called `name` there: {"task/metric": value} (process 0; {}
+  on the others). Training, pruning and the region study report these."""
+  names = settings.task_names(config)
   if not names:
-    raise VisRegionError("eval.tasks", "expected at least one task, e.g. --config.eval.tasks=pope,gqa")
-  source = config.eval.model or config.workdir
-  if not os.path.exists(source):
-    raise VisRegionError("eval.model", f"expected a model: an HF directory, a JAX checkpoint or a training "
-                         f"workdir, got {source!r}")
-  opened = settings.open_tasks(config, names)
-  out_dir = os.path.join(os.path.abspath(config.workdir), "eval")
-  claim(out_dir, identity(os.path.abspath(source), config))
-  kind, _ = peek_model(source)
-  if kind != "lvlm":
-    pictured = [n for n in names if n != "mmlu"]
-    if pictured:
-      raise VisRegionError("eval.model", f"expected a vision-language model for {', '.join(pictured)}; "
-                           f"{source} is a text decoder")
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-  model = sharding.on_mesh(load_model(source, dtype=config.model.get("dtype") or None), mesh)
-  tokenizer = load_tokenizer(model.config.source)
-  vision = {}
-  if isinstance(model, LVLM):
-    image_processor, pad = read_image_processor(model.config.source)
-    vision = dict(image_processor=image_processor, pad_to_square=pad)
-  setup = model_setup(config, model, tokenizer, mesh, **vision)
-  return evaluate_model(model, setup, opened, out_dir)
+    return {}
+  claim(out_dir, {**identity(name, config)})
+  setup = model_setup(config, model, tokenizer, mesh, data_config.image, data_config.pad_to_square)
+  found = evaluate_model(model, setup, settings.open_tasks(config, names), out_dir)
+  return {f"{task}/{metric}": value for task, r in found.items() for metric, value in r["metrics"].items()}

@@ -1,13 +1,15 @@
 """The demo's scaffolding, run as the `hook` of configs/demo.py around training.
 
-`prepare` writes the synthetic image-QA set (`demo.data_root`) and pretrains the
-small CLIP-style tower that `model.vision_tower` then names (both cached in the
-workdir); `finish` has transformers answer held-out questions with the export and
+`prepare` writes the synthetic image-QA set (`demo.data_root`), its held-out image
+questions again in GQA's LLaVA evaluation layout (`demo.data_root`/gqa, for the
+benchmark path: `eval.tasks=gqa`), and pretrains the small CLIP-style tower that
+`model.vision_tower` then names (all cached in the workdir); `finish` has transformers answer held-out questions with the export and
 compares its answers with the JAX model's own.
 """
 
 import os
 
+from visregion_jax.demo.gqa_layout import write_gqa_layout
 from visregion_jax.demo.synthetic import write_synthetic_dataset
 from visregion_jax.demo.transformers_check import compare_with_transformers
 from visregion_jax.demo.vision_pretrain import pretrain_vision_tower
@@ -23,12 +25,17 @@ def provides(config) -> tuple:
   named = {"data.train_json": d.train_json, "data.eval_json": d.eval_json,
            "data.text_eval_json": d.text_eval_json, "data.image_root": d.image_root}
   keys = [key for key, path in written.items() if named[key] and os.path.abspath(named[key]) == path]
+  if config.eval.data.gqa and os.path.abspath(config.eval.data.gqa) == os.path.join(root, "gqa"):
+    keys.append("eval.data.gqa")
   return tuple(keys + (["model.vision_tower"] if config.demo.get("tower") else []))
 
 
 def prepare(config, log) -> None:
   d = config.demo
   dataset = write_synthetic_dataset(d.data_root, seed=config.seed, **dict(d.data_sizes or {}))
+  gqa = os.path.join(d.data_root, "gqa")
+  if not os.path.isdir(gqa):
+    write_gqa_layout(os.path.join(d.data_root, "eval.json"), d.data_root, gqa)
   if d.get("tower"):
     pretrain_vision_tower(dataset, config.model.vision_tower, seed=config.seed, log=log, **dict(d.tower))
 

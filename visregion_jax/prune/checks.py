@@ -13,6 +13,7 @@ import os
 import ml_collections
 
 from visregion_jax import region
+from visregion_jax.benchmarks import settings as benchmark_settings
 from visregion_jax.convert import jax_checkpoint
 from visregion_jax.convert.gguf_file import resolve_model_path
 from visregion_jax.convert.tensor_files import read_json_object
@@ -168,6 +169,7 @@ def check(config, workdir: str) -> Checked:
     choose_layers([0.0] * (num_layers - block + 1) + [None] * (block - 1), p.k, region_layers,
                   contiguous=p.contiguous, allow_region=p.allow_region)  # does k fit?
   scores = read_scores(p.scores_json, num_layers, block, p.metric) if p.get("scores_json") else None
+  benchmark_settings.open_tasks(config, benchmark_settings.check(config))  # the report's benchmarks
   num_removed = len(layers) or p.k
   return Checked(model_dir=model_dir, num_layers=num_layers, region=region_layers, block=block, layers=layers,
                  num_removed=num_removed, heal=check_heal(config, workdir, num_layers - num_removed),

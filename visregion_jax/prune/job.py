@@ -121,8 +121,8 @@ class PruneJob:
     report = self.choose(model)
     pruned = prune.drop_layers(model, report["removed"])
     to_hf(pruned, os.path.join(self.out_dir, "pruned" if self.checked.heal else "hf"))
-    report["before"] = quality(self.config, model, self.tokenizer, self.data_config)
-    report["pruned"] = quality(self.config, pruned, self.tokenizer, self.data_config)
+    report["before"] = quality(self.config, model, self.tokenizer, self.data_config, "before")
+    report["pruned"] = quality(self.config, pruned, self.tokenizer, self.data_config, "pruned")
     if not self.checked.heal:
       add_latency(report, time_models({"before": model, "pruned": pruned}, self.latency_batch,
                                       self.p.latency_runs))
@@ -144,7 +144,7 @@ class PruneJob:
                       "lora_rank": p.heal_lora_rank, "lora_alpha": float(p.heal_lora_alpha),
                       "lr": float(p.heal_lr), "workdir": heal_dir, **done}
     healed = load_model(hf_dir, dtype=self.config.model.get("dtype") or None)
-    report["healed"] = quality(self.config, healed, self.tokenizer, self.data_config)
+    report["healed"] = quality(self.config, healed, self.tokenizer, self.data_config, "healed")
     model = self.load()
     pruned = prune.drop_layers(model, report["removed"])
     add_latency(report, time_models({"before": model, "pruned": pruned, "healed": healed}, self.latency_batch,

@@ -4,20 +4,24 @@ with healing, after healing (report.md to read, report.json for tools)."""
 import json
 import os
 
+from visregion_jax.benchmarks.job import benchmark_metrics
 from visregion_jax.convert.params import model_params
 from visregion_jax.evaluation import evaluate
-from visregion_jax.prune.latency import time_models, warnings
+from visregion_jax.prune.latency import warnings
 from visregion_jax.publish import write_file_atomically
 
 MODELS = ("before", "pruned", "healed")
 QUALITY = ("eval_accuracy", "text_perplexity", "num_params", "eval_accuracy_per_task")
 
 
-def quality(config, model, tokenizer, data_config) -> dict:
-  """Accuracy, perplexity (None where data.eval_json / text_eval_json is unset) and size."""
+def quality(config, model, tokenizer, data_config, stage: str) -> dict:
+  """Accuracy, perplexity (None where data.eval_json / text_eval_json is unset), size and
+  the configured benchmarks (`eval.tasks`, answered into WORKDIR/prune/eval/<stage>)."""
   out = evaluate(config, model, tokenizer, data_config)
   out["num_params"] = int(sum(v.size for v in model_params(model).values()))
-  return {key: out.get(key) for key in QUALITY}
+  out_dir = os.path.join(os.path.abspath(config.workdir), "prune", "eval", stage)
+  return {**{key: out.get(key) for key in QUALITY},
+          "benchmarks": benchmark_metrics(config, model, tokenizer, data_config, out_dir, f"the {stage} model")}
 
 
 def add_latency(report: dict, latency: dict) -> None:
@@ -27,13 +31,6 @@ def add_latency(report: dict, latency: dict) -> None:
     report[name].update(forward_latency_s=summary["median_s"], forward_latency=summary)
   report["latency"] = {k: latency[k] for k in ("runs", "other_load_cores", "cpu_count")}
   report["latency"]["warnings"] = warnings(latency)
-
-
-def measure(config, model, tokenizer, data_config, batch) -> dict:
-  """One model's quality and latency (prune.latency_runs timed forwards of `batch`)."""
-  out = quality(config, model, tokenizer, data_config)
-  summary = time_models({"model": model}, batch, config.prune.latency_runs)["models"]["model"]
-  return {**out, "forward_latency_s": summary["median_s"], "forward_latency": summary}
 
 
 def _cell(value, kind: str) -> str:
@@ -85,6 +82,8 @@ def write_report(out_dir: str, report: dict) -> None:
           ("forward latency, fastest run", lambda m: _cell(m["forward_latency"]["min_s"], "ms")),
           ("forward latency spread, (max - min) / median", lambda m: _cell(m["forward_latency"]["spread"], "percent")),
           ("parameters", lambda m: _cell(m["num_params"], "count"))]
+  rows += [(f"benchmark {name}", lambda m, name=name: _cell(m["benchmarks"].get(name), ""))
+           for name in report["before"].get("benchmarks", {})]
   lines = ["# Pruning report", "",
            f"Model `{report['model']}`: {report['num_layers']['before']} -> {report['num_layers']['after']} "
            f"decoder layers. {_selection_text(report)}", "", _heal_text(report["heal"]), "",

@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from visregion_jax import optim, sharding
+from visregion_jax.benchmarks import job as benchmark_job
 from visregion_jax.console import log_line
 from visregion_jax.convert import load_tokenizer, to_hf
 from visregion_jax.data import packing, pipeline, skip
@@ -98,6 +99,14 @@ class Trainer:
 
   def evaluate(self) -> dict:
     return evaluate(self.config, self.model(), self.tokenizer, self.data_config)
+
+  def benchmarks(self) -> dict:
+    """The configured benchmarks (`eval.tasks`) on the model of this step, into
+    WORKDIR/eval (at the last step) or WORKDIR/eval/step_N; {"task/metric": value} to log."""
+    last = self.step == self.config.train.steps
+    out_dir = os.path.join(self.workdir, "eval", "" if last else f"step_{self.step}")
+    return benchmark_job.benchmark_metrics(self.config, self.model(), self.tokenizer, self.data_config, out_dir,
+                                           f"{self.workdir} at step {self.step}", self.mesh)
 
   def restore_latest(self) -> None:
     latest = self.checkpoints.latest_intact_step()
@@ -243,7 +252,7 @@ class Trainer:
         self.count_finite(m["finite"])
         self.log(m, window, progress, results)
         if e.every and self.step % e.every == 0 and self.step != t.steps:
-          progress.record({"step": self.step, **_short(self.evaluate())})
+          progress.record({"step": self.step, **_short(self.evaluate()), **self.benchmarks()})
         if self.step % t.checkpoint_every == 0 or self.step == t.steps:
           self.save()
         stop = signals.requested()
@@ -321,7 +330,8 @@ def finish(config, trainer: Trainer, progress: Progress, results: dict) -> None:
   trainer.checkpoints.wait()
   if config.eval.at_end:
     results["after"] = trainer.evaluate()
-    progress.record({"step": config.train.steps, **_short(results["after"])})
+    results["benchmarks"] = trainer.benchmarks()
+    progress.record({"step": config.train.steps, **_short(results["after"]), **results["benchmarks"]})
     log_line(f"after training: {json.dumps(_short(results['after']))}")
   if config.train.export_hf:
     results["hf_dir"] = trainer.export() or None

@@ -14,6 +14,7 @@ import os
 import jax
 
 from visregion_jax import model_spec, region, sharding
+from visregion_jax.benchmarks import settings as benchmark_settings
 from visregion_jax.convert.gguf_file import resolve_model_path
 from visregion_jax.convert.gguf_metadata import block_count
 from visregion_jax.data.templates import TEMPLATES
@@ -196,6 +197,8 @@ def validate(config, provided=()) -> None:
   provided = set(provided)
   check_settings(config)
   check_paths(config, provided)
+  names = benchmark_settings.check(config, provided)
+  benchmark_settings.open_tasks(config, [n for n in names if f"eval.data.{n}" not in provided])
   depth = model_depth(config, provided)
   if depth > 0:
     TrainingPlan.from_config(config, depth, scored_stand_in(config, depth))
