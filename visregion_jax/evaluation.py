@@ -16,7 +16,7 @@ from flax import nnx
 from visregion_jax.data.from_config import open_source, text_source
 from visregion_jax.data.pipeline import SampleLoader, collate
 from visregion_jax.data.tokenize import IGNORE_INDEX
-from visregion_jax.generate.decode import generate
+from visregion_jax.generate.decode import bucketed_width, generate
 from visregion_jax.loss import row_token_losses
 from visregion_jax.models.lvlm import LVLM
 
@@ -94,7 +94,7 @@ def answer_accuracy(model, tokenizer, source, data_config, *, limit: int = 64, b
   for start in range(0, len(items), batch_size):
     chunk = items[start:start + batch_size]
     prompts = [_prompt_and_answer(loaded)[0] for _, _, loaded in chunk]
-    width = max(len(p) for p in prompts)
+    width = bucketed_width(max(len(p) for p in prompts))
     ids = np.full((len(chunk), width), data_config.pad_token_id, np.int32)
     mask = np.zeros_like(ids)
     for i, p in enumerate(prompts):

@@ -1,8 +1,8 @@
 """One process's share of a benchmark batch as model inputs of fixed shapes.
 
 Every process of a job builds its own rows (it alone decodes their images) and all must
-hand `generate` arrays of the same shapes, so the prompt width (rounded up to a
-multiple of WIDTH_STEP, to bound the number of compiles over a task) and the image
+hand `generate` arrays of the same shapes, so the prompt width (bucketed as
+generate/decode.py says, to bound the number of compiles over a task) and the image
 slots per row are agreed across processes first. Rows without a usable sample (past
 the task's end, or a sample whose images are broken) are one padding token, answered
 and thrown away. Images fill each row's own slots (`image_mask` marks the real ones),
@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
+from visregion_jax.generate.decode import bucketed_width
 from visregion_jax.generate.prompts import encode_chat
-
-WIDTH_STEP = 64
 
 
 @dataclass
@@ -35,10 +34,6 @@ def agreed_max(value: int) -> int:
   return int(np.max(multihost_utils.process_allgather(np.int64(value))))
 
 
-def _width(n: int) -> int:
-  return -(-n // WIDTH_STEP) * WIDTH_STEP
-
-
 def chat_rows(prompts: list, images: list, count: int, setup) -> Rows:
   """Rows for `count` slots: prompt i (a ChatPrompt, or None for padding) with its
   PIL images `images[i]`."""
@@ -47,7 +42,7 @@ def chat_rows(prompts: list, images: list, count: int, setup) -> Rows:
   encoded = encode_chat(setup.tokenizer, [prompts[i].text for i in real], [images[i] for i in real],
                         image_token_id=setup.image_token_id, num_image_tokens=setup.num_image_tokens,
                         image_processor=setup.image_processor, pad_to_square=setup.pad_to_square) if real else None
-  width = _width(agreed_max(encoded["input_ids"].shape[1] if real else 1))
+  width = bucketed_width(agreed_max(encoded["input_ids"].shape[1] if real else 1))
   slots = agreed_max(max([len(images[i]) for i in real] or [0])) if vision else 0
   ids = np.full((count, width), setup.pad_token_id, np.int32)
   mask = np.zeros((count, width), np.int32)
@@ -75,7 +70,7 @@ def chat_rows(prompts: list, images: list, count: int, setup) -> Rows:
 
 def context_rows(contexts: list, count: int, setup) -> Rows:
   """Rows for `count` slots of plain token contexts (lists of ids, or None for padding)."""
-  width = _width(agreed_max(max([len(c) for c in contexts if c is not None] or [1])))
+  width = bucketed_width(agreed_max(max([len(c) for c in contexts if c is not None] or [1])))
   ids = np.full((count, width), setup.pad_token_id, np.int32)
   mask = np.zeros((count, width), np.int32)
   ids[:, -1], mask[:, -1] = setup.pad_token_id, 1

@@ -18,6 +18,15 @@ from visregion_jax import sharding
 from visregion_jax.errors import VisRegionError
 from visregion_jax.generate.prompts import encode_chat
 
+# Prompts are left padded to a multiple of this many tokens: `_generate` compiles once per
+# prompt shape, so ragged prompts would compile once per distinct length.
+PROMPT_WIDTH_STEP = 64
+
+
+def bucketed_width(length: int) -> int:
+  """The padded width of a batch whose longest prompt is `length` tokens."""
+  return -(-length // PROMPT_WIDTH_STEP) * PROMPT_WIDTH_STEP
+
 
 def _sample(logits: jnp.ndarray, rng, temperature: float, top_p: float) -> jnp.ndarray:
   """Next token ids [B] from last-position logits [B, V]."""
