@@ -1,4 +1,5 @@
-"""The results of bench_train_step.py: one row per timed step, the goals as ratios, the footnotes.
+"""The results of bench_train_step.py: one row per timed step, the goals as ratios, the footnotes,
+and with --profile each step's top ops.
 
 Apart from the measuring so that what a column means (and the goal it is checked
 against) is read in one place.
@@ -108,7 +109,7 @@ def print_goals(rows: list) -> None:
           f"{'ok' if ratio >= GOALS['torch'] else 'MISSED'}")
   if fastest_torch["full"] and fastest_torch["region"]:
     print(f"PyTorch region / full step   {fastest_torch['region']['timer'].best / fastest_torch['full']['timer'].best:6.3f}"
-          " wall (8 of 30 layers with requires_grad, each at its fastest thread count; the "
+          " wall (the region's layers with requires_grad, each at its fastest thread count; the "
           "JAX ratio above also trains the projector, PyTorch's runs have none)")
 
 
@@ -116,7 +117,8 @@ def print_footnotes(first, tokens: int, args, others: float) -> None:
   """How the FLOP column is counted, and a warning when other processes skewed the timings."""
   p = first.total_params
   print(f"FLOPs = {FLOP_FORMULA}; T = {tokens} tokens, S = {args.length}, E = "
-        f"{first.model_config.text.hidden_size}, L = 30, V = vocabulary (the terms: forward 2n + "
+        f"{first.model_config.text.hidden_size}, L = {first.model_config.text.num_layers}, V = vocabulary "
+        "(the terms: forward 2n + "
         "input-gradient 2n for every matmul weight, since the trainable projector lies below all "
         "layers; weight-gradient 2n for trainable ones only). The 6*P*T rule (P = all "
         f"{p / 1e6:.1f} M params) gives {6 * p * tokens / 1e9:.0f} GFLOP.")
@@ -125,3 +127,29 @@ def print_footnotes(first, tokens: int, args, others: float) -> None:
           "wall times are inflated (best-of-N discounts bursts only); the CPU-second columns "
           "are the steadier comparison, except for multi-threaded torch (spinning OpenMP "
           "threads burn CPU while they wait).")
+
+
+def _tail(text: str, width: int) -> str:
+  return text if len(text) <= width else "..." + text[-(width - 3):]
+
+
+def print_profile(profile, top: int) -> None:
+  """One profile (bench_profile.Profile): its `top` ops by self time, the rest summed, its
+  time by category, and the trace files, which hold what the table leaves out."""
+  steps_ms = profile.steps * profile.step_ms
+  print(f"\nprofile of {profile.title}: {profile.steps} steps, {profile.step_ms:.1f} ms per step"
+        f"{'; ' + profile.note if profile.note else ''}; the ops' self times sum to "
+        f"{100 * profile.covered:.1f}% of the steps")
+  print(f"{'op':36s} {'category':20s} {'total ms':>9s} {'% step':>6s} {'count':>6s}  {'shape':20s} from")
+  for r in profile.rows[:top]:
+    print(f"{_tail(r.name, 36):36s} {_tail(r.category, 20):20s} {r.total_ms:9.1f} "
+          f"{100 * r.total_ms / steps_ms:6.1f} {r.count:6d}  {_tail(r.shape, 20):20s} {_tail(r.source, 48)}")
+  rest = profile.rows[top:]
+  if rest:
+    ms = sum(r.total_ms for r in rest)
+    print(f"{f'({len(rest)} more ops)':36s} {'':20s} {ms:9.1f} {100 * ms / steps_ms:6.1f} "
+          f"{sum(r.count for r in rest):6d}")
+  categories = profile.by_category()
+  if categories:
+    print("by kind (a fusion's heaviest op): " + ", ".join(f"{c} {100 * ms / steps_ms:.1f}% ({n} ops)" for c, ms, n in categories))
+  print("trace: " + ", ".join(profile.files))
