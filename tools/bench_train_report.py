@@ -135,21 +135,33 @@ def _tail(text: str, width: int) -> str:
 
 def print_profile(profile, top: int) -> None:
   """One profile (bench_profile.Profile): its `top` ops by self time, the rest summed, its
-  time by category, and the trace files, which hold what the table leaves out."""
+  time by kind, and the trace files, which hold what the table leaves out. PyTorch's
+  tables have no category, shape or source columns: an aten name says what it is."""
   steps_ms = profile.steps * profile.step_ms
+  hlo = any(r.category for r in profile.rows)
+  width = 36 if hlo else 48
+
+  def line(name, category, ms, share, count, shape="", source="") -> str:
+    cells = [f"{_tail(name, width):{width}s}"] + ([f"{_tail(category, 20):20s}"] if hlo else [])
+    cells.append(f"{ms:>9s} {share:>6s} {count:>6s}")
+    if hlo:
+      cells.append(f" {_tail(shape, 20):20s} {_tail(source, 48)}")
+    return " ".join(cells).rstrip()
+
   print(f"\nprofile of {profile.title}: {profile.steps} steps, {profile.step_ms:.1f} ms per step"
         f"{'; ' + profile.note if profile.note else ''}; the ops' self times sum to "
         f"{100 * profile.covered:.1f}% of the steps")
-  print(f"{'op':36s} {'category':20s} {'total ms':>9s} {'% step':>6s} {'count':>6s}  {'shape':20s} from")
+  print(line("op", "category", "total ms", "% step", "count", "shape", "from"))
   for r in profile.rows[:top]:
-    print(f"{_tail(r.name, 36):36s} {_tail(r.category, 20):20s} {r.total_ms:9.1f} "
-          f"{100 * r.total_ms / steps_ms:6.1f} {r.count:6d}  {_tail(r.shape, 20):20s} {_tail(r.source, 48)}")
+    print(line(r.name, r.category, f"{r.total_ms:.1f}", f"{100 * r.total_ms / steps_ms:.1f}", str(r.count),
+               r.shape, r.source))
   rest = profile.rows[top:]
   if rest:
     ms = sum(r.total_ms for r in rest)
-    print(f"{f'({len(rest)} more ops)':36s} {'':20s} {ms:9.1f} {100 * ms / steps_ms:6.1f} "
-          f"{sum(r.count for r in rest):6d}")
+    print(line(f"({len(rest)} more ops)", "", f"{ms:.1f}", f"{100 * ms / steps_ms:.1f}",
+               str(sum(r.count for r in rest))))
   categories = profile.by_category()
   if categories:
-    print("by kind (a fusion's heaviest op): " + ", ".join(f"{c} {100 * ms / steps_ms:.1f}% ({n} ops)" for c, ms, n in categories))
+    print("by kind (a fusion's heaviest op): "
+          + ", ".join(f"{c} {100 * ms / steps_ms:.1f}% ({n} ops)" for c, ms, n in categories))
   print("trace: " + ", ".join(profile.files))
