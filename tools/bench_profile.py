@@ -66,10 +66,6 @@ class Profile:
     return sorted(((c, ms, n) for c, (ms, n) in totals.items()), key=lambda t: -t[1])
 
 
-def _stats(event) -> dict:
-  return dict(event.stats)
-
-
 def _op_events(data) -> list:
   """[(line id, name, start ns, duration ns, stats)] of every event with an `hlo_op` stat.
 
@@ -81,7 +77,7 @@ def _op_events(data) -> list:
     target = device if plane.name.startswith("/device:") else host
     for index, line in enumerate(plane.lines):
       for event in line.events:
-        stats = _stats(event)
+        stats = dict(event.stats)
         if "hlo_op" in stats:
           target.append(((plane.name, index), stats["hlo_op"], event.start_ns, event.duration_ns, stats))
   return device or host
@@ -107,14 +103,13 @@ def _self_times(events: list) -> list:
   return out
 
 
-def op_table(xplane_path: str, hlo_text: str = "") -> tuple:
-  """(rows slowest first, steps, ms per step) of an `.xplane.pb`; with the compiled HLO text,
-  only that program's ops, each named by what it holds (`bench_hlo_ops`)."""
+def op_table(xplane_path: str, hlo_text: str) -> tuple:
+  """(rows slowest first, steps, ms per step) of the program of `hlo_text` (its compiled,
+  optimized HLO) in an `.xplane.pb`, each op named by what it holds (`bench_hlo_ops`).
+  Other programs in the trace (a stray device_put, say) are left out."""
   from jax.profiler import ProfileData  # pylint: disable=import-outside-toplevel
-  module = module_name(hlo_text) if hlo_text else ""
-  ops = hlo_ops(hlo_text) if hlo_text else {}
-  events = [e for e in _op_events(ProfileData.from_file(xplane_path))
-            if not module or e[4].get("hlo_module") == module]
+  module, ops = module_name(hlo_text), hlo_ops(hlo_text)
+  events = [e for e in _op_events(ProfileData.from_file(xplane_path)) if e[4].get("hlo_module") == module]
   spans = {}
   for _, _, start, duration, stats in events:
     run = stats.get("run_id", 0)
@@ -152,8 +147,7 @@ def jax_profile(title: str, step, steps: int, log_dir: str, hlo_text: str) -> Pr
   xplane = _newest_xplane(log_dir, before)
   rows, traced_steps, step_ms = op_table(xplane, hlo_text)
   files = [xplane] + glob.glob(os.path.join(os.path.dirname(xplane), "*.trace.json.gz"))
-  note = f"module {module_name(hlo_text)}" if hlo_text else ""
-  return Profile(title, rows, traced_steps, step_ms, files, note)
+  return Profile(title, rows, traced_steps, step_ms, files, f"module {module_name(hlo_text)}")
 
 
 def torch_profile(title: str, step, steps: int, out_dir: str) -> Profile:

@@ -199,7 +199,8 @@ def profile_all(variants: dict, torch_runs: dict, torch_threads: list, timers: d
                                 os.path.join(args.profile_dir, name), hlo_text))
   for kind, run in torch_runs.items():
     n = min(torch_threads, key=lambda n, kind=kind: timers[f"torch {kind} {n}t"].best)
-    profiles.append(torch_profile(f"torch {kind} {n}t (PyTorch, {n} threads)", lambda n=n, run=run: run.step(n),
+    profiles.append(torch_profile(f"torch {kind} {n}t (PyTorch, torch.set_num_threads({n}))",
+                                  lambda n=n, run=run: run.step(n),
                                   args.profile_steps, os.path.join(args.profile_dir, f"torch-{kind}")))
   return profiles
 
