@@ -55,21 +55,26 @@ def demo_config(workdir: str, tower_dir: str, **region):
 
 
 @contextlib.contextmanager
-def decoder_loaded_once():
-  """Makes `builder.build_model` load each decoder once in this block.
+def decoder_loaded_once(num_layers=None):
+  """Makes `builder.build_model` load each decoder once in this block, with its first
+  `num_layers` layers only when given (a fast run of the benchmark's code paths).
 
   Every variant starts from the same SmolLM2 weights; loading (dequantizing the
   GGUF) once saves ~10 s and ~0.5 GB per variant. Safe because build_model never
   mutates the decoder (compose_lvlm copies it into a new LVLM); the trainable
   arrays are copied before their buffers are donated (see `Variant`).
   """
+  from visregion_jax.prune.layers import drop_layers  # pylint: disable=import-outside-toplevel
   from visregion_jax.train import builder  # pylint: disable=import-outside-toplevel
   original, cache = builder.from_hf, {}
 
   def cached(path, **kwargs):
     key = (path, tuple(sorted(kwargs.items())))
     if key not in cache:
-      cache[key] = original(path, **kwargs)
+      model = original(path, **kwargs)
+      if num_layers and num_layers < len(model.layers):
+        model = drop_layers(model, range(num_layers, len(model.layers)))
+      cache[key] = model
     return cache[key]
 
   builder.from_hf = cached

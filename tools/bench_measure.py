@@ -15,10 +15,18 @@ from bench_load import cpu_model
 
 
 def header() -> None:
-  """The machine line every JAX benchmark starts with: its numbers mean nothing without it."""
+  """The machine lines every JAX benchmark starts with: its numbers mean nothing without them.
+
+  XLA's CPU threads are sized first as the commands size them (cpu_threads.py), so a
+  benchmark runs with the commands' threads; the line reports the pool XLA started.
+  """
   import jax  # pylint: disable=import-outside-toplevel
+
+  from visregion_jax.cpu_threads import set_xla_threads, xla_pool_threads  # pylint: disable=import-outside-toplevel
+  threads = set_xla_threads()
   print(f"machine: {os.cpu_count()} CPUs, {cpu_model()} ({platform.machine()}); "
         f"jax {jax.__version__} ({jax.default_backend()}); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  print(f"threads: {threads}; XLA's intra-op pool started with {xla_pool_threads()}")
 
 
 def status_kib() -> dict:

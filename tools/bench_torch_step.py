@@ -14,9 +14,10 @@ class TorchFineTune:
   decoder layers only (all of them: the full fine-tune; embeddings, tied head and final
   norm frozen, as the JAX labeler does), AdamW with the same hyperparameters and
   global-norm clipping, fed `inputs_embeds`. The region row is the issue's PyTorch
-  reference setting (8 of 30 layers with requires_grad) measured on this machine."""
+  reference setting (8 of 30 layers with requires_grad) measured on this machine.
+  `num_layers` keeps the first layers only, as the JAX side's `decoder_loaded_once`."""
 
-  def __init__(self, train_config, foreach: bool, layers=None):
+  def __init__(self, train_config, foreach: bool, layers=None, num_layers=None):
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
 
@@ -27,6 +28,9 @@ class TorchFineTune:
     self.hf = transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
     self.load_s = time.perf_counter() - t0
+    if num_layers and num_layers < len(self.hf.model.layers):
+      del self.hf.model.layers[num_layers:]
+      self.hf.config.num_hidden_layers = num_layers
     self.hf.train()
     for p in self.hf.parameters():
       p.requires_grad_(False)

@@ -1,4 +1,5 @@
-"""The results of bench_train_step.py: one row per timed step, the goals as ratios, the footnotes.
+"""The results of bench_train_step.py: one row per timed step, the goals as ratios, the footnotes,
+and with --profile each step's top ops.
 
 Apart from the measuring so that what a column means (and the goal it is checked
 against) is read in one place.
@@ -108,7 +109,7 @@ def print_goals(rows: list) -> None:
           f"{'ok' if ratio >= GOALS['torch'] else 'MISSED'}")
   if fastest_torch["full"] and fastest_torch["region"]:
     print(f"PyTorch region / full step   {fastest_torch['region']['timer'].best / fastest_torch['full']['timer'].best:6.3f}"
-          " wall (8 of 30 layers with requires_grad, each at its fastest thread count; the "
+          " wall (the region's layers with requires_grad, each at its fastest thread count; the "
           "JAX ratio above also trains the projector, PyTorch's runs have none)")
 
 
@@ -116,7 +117,8 @@ def print_footnotes(first, tokens: int, args, others: float) -> None:
   """How the FLOP column is counted, and a warning when other processes skewed the timings."""
   p = first.total_params
   print(f"FLOPs = {FLOP_FORMULA}; T = {tokens} tokens, S = {args.length}, E = "
-        f"{first.model_config.text.hidden_size}, L = 30, V = vocabulary (the terms: forward 2n + "
+        f"{first.model_config.text.hidden_size}, L = {first.model_config.text.num_layers}, V = vocabulary "
+        "(the terms: forward 2n + "
         "input-gradient 2n for every matmul weight, since the trainable projector lies below all "
         "layers; weight-gradient 2n for trainable ones only). The 6*P*T rule (P = all "
         f"{p / 1e6:.1f} M params) gives {6 * p * tokens / 1e9:.0f} GFLOP.")
@@ -125,3 +127,41 @@ def print_footnotes(first, tokens: int, args, others: float) -> None:
           "wall times are inflated (best-of-N discounts bursts only); the CPU-second columns "
           "are the steadier comparison, except for multi-threaded torch (spinning OpenMP "
           "threads burn CPU while they wait).")
+
+
+def _tail(text: str, width: int) -> str:
+  return text if len(text) <= width else "..." + text[-(width - 3):]
+
+
+def print_profile(profile, top: int) -> None:
+  """One profile (bench_profile.Profile): its `top` ops by self time, the rest summed, its
+  time by kind, and the trace files, which hold what the table leaves out. PyTorch's
+  tables have no category, shape or source columns: an aten name says what it is."""
+  steps_ms = profile.steps * profile.step_ms
+  hlo = any(r.category for r in profile.rows)
+  width = 36 if hlo else 48
+
+  def line(name, category, ms, share, count, shape="", source="") -> str:
+    cells = [f"{_tail(name, width):{width}s}"] + ([f"{_tail(category, 20):20s}"] if hlo else [])
+    cells.append(f"{ms:>9s} {share:>6s} {count:>6s}")
+    if hlo:
+      cells.append(f" {_tail(shape, 20):20s} {_tail(source, 48)}")
+    return " ".join(cells).rstrip()
+
+  print(f"\nprofile of {profile.title}: {profile.steps} steps, {profile.step_ms:.1f} ms per step"
+        f"{'; ' + profile.note if profile.note else ''}; the ops' self times sum to "
+        f"{100 * profile.covered:.1f}% of the steps")
+  print(line("op", "category", "total ms", "% step", "count", "shape", "from"))
+  for r in profile.rows[:top]:
+    print(line(r.name, r.category, f"{r.total_ms:.1f}", f"{100 * r.total_ms / steps_ms:.1f}", str(r.count),
+               r.shape, r.source))
+  rest = profile.rows[top:]
+  if rest:
+    ms = sum(r.total_ms for r in rest)
+    print(line(f"({len(rest)} more ops)", "", f"{ms:.1f}", f"{100 * ms / steps_ms:.1f}",
+               str(sum(r.count for r in rest))))
+  categories = profile.by_category()
+  if categories:
+    print("by kind (a fusion's heaviest op): "
+          + ", ".join(f"{c} {100 * ms / steps_ms:.1f}% ({n} ops)" for c, ms, n in categories))
+  print("trace: " + ", ".join(profile.files))

@@ -40,7 +40,14 @@ and step, FLOPs), bench_torch_step.py (the PyTorch reference), bench_measure.py
 (timers, the matmul peak) and bench_train_report.py (the table and goals); the first
 two are shared with bench_data.py.
 
+`--profile` then profiles a few more steps of each variant and PyTorch run
+(bench_profile.py) and prints where the time goes: the top ops by self time, with
+the traces kept under `--profile-dir` (BUILD.md, "Profiling the step", says how to
+read them). `--layers N` keeps the decoder's first N layers: the same code paths in
+seconds, for tests of the benchmark itself (its timings then mean nothing).
+
   .venv/bin/python tools/bench_train_step.py [--help]
+  .venv/bin/python tools/bench_train_step.py --profile --repeats 1
 """
 
 import argparse
@@ -53,6 +60,7 @@ import bench_train_report as report
 from bench_jax_step import TOWER, Variant, decoder_loaded_once, demo_config, synthetic_batch, write_random_tower
 from bench_load import OtherLoad
 from bench_measure import DenseMatmul, Timed, header
+from bench_profile import jax_profile, torch_profile
 from bench_torch_step import TorchFineTune
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF and shard progress bars
@@ -67,7 +75,7 @@ VARIANTS = {
 
 def build_variants(names, root: str, tower_dir: str, args) -> dict:
   out = {}
-  with decoder_loaded_once():
+  with decoder_loaded_once(args.layers):
     for name in names:
       region = dict(VARIANTS[name])
       if name == "region-lora":
@@ -99,6 +107,16 @@ def parse_args(argv=None):
   parser.add_argument("--torch-foreach", type=int, default=1, choices=(0, 1),
                       help="torch AdamW multi-tensor (foreach) implementation")
   parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n fp32 peak reference")
+  parser.add_argument("--layers", type=int, default=0,
+                      help="keep the decoder's first N layers (0: all 30); a fast run of the code paths "
+                           "whose timings mean nothing")
+  parser.add_argument("--profile", action="store_true",
+                      help="after the timed rounds, profile each variant and PyTorch run and print its top "
+                           "ops by self time (jax.profiler / torch.profiler traces kept under --profile-dir)")
+  parser.add_argument("--profile-dir", default="bench_profile",
+                      help="where the traces go, one folder per variant (default: ./bench_profile)")
+  parser.add_argument("--profile-steps", type=int, default=3, help="steps per profile")
+  parser.add_argument("--profile-top", type=int, default=15, help="ops per profile table")
   return parser.parse_args(argv)
 
 
@@ -110,6 +128,8 @@ def check_args(args) -> tuple:
     raise SystemExit(f"unknown variants {unknown}; expected some of {list(VARIANTS)}")
   if args.length < 36 + 16:
     raise SystemExit(f"--length {args.length}: expected at least 52 (36 image tokens + text)")
+  if args.layers < 0 or args.profile_steps < 1:
+    raise SystemExit("expected --layers >= 0 and --profile-steps >= 1")
   return names, [] if args.skip_torch else [int(t) for t in args.torch_threads.split(",") if t]
 
 
@@ -120,7 +140,8 @@ def warm_up(variants: dict, np_batch: dict) -> None:
     _, compile_s = v.compile(v.batch)
     t0 = time.perf_counter()
     loss = float(v.step(v.batch)["loss"])
-    print(f"  {v.name:12s} layers {list(v.layers) if len(v.layers) < 30 else 'all 30'}; trainable "
+    depth = v.model_config.text.num_layers
+    print(f"  {v.name:12s} layers {list(v.layers) if len(v.layers) < depth else f'all {depth}'}; trainable "
           f"{v.trainable_params / 1e6:6.2f} M; build {v.build_s:5.1f} s, compile {compile_s:5.1f} s, "
           f"first step {time.perf_counter() - t0:5.1f} s, loss {loss:.3f}")
 
@@ -133,14 +154,16 @@ def warm_up_torch(first: Variant, np_batch: dict, args, torch_threads: list) -> 
 
   from visregion_jax.region import select_layers  # pylint: disable=import-outside-toplevel
   region_layers = select_layers(first.model_config.text.num_layers, 0.25, "uniform")
+  default_threads = torch.get_num_threads()
   torch_runs = {}
   for kind, layers in (("full", None), ("region", region_layers)):
-    run = torch_runs[kind] = TorchFineTune(first.config.train, bool(args.torch_foreach), layers)
+    run = torch_runs[kind] = TorchFineTune(first.config.train, bool(args.torch_foreach), layers, args.layers)
     run.set_batch(np_batch)
     t0 = time.perf_counter()
     loss = run.step(max(torch_threads))
     print(f"  {'torch ' + kind:12s} torch {torch.__version__}, attention {run.attn}, AdamW "
-          f"foreach={bool(args.torch_foreach)}; load {run.load_s:.1f} s, first step "
+          f"foreach={bool(args.torch_foreach)}, threads {torch_threads} per row (torch.set_num_threads; "
+          f"its default here {default_threads}); load {run.load_s:.1f} s, first step "
           f"{time.perf_counter() - t0:5.1f} s, loss {loss:.3f}")
   return torch_runs
 
@@ -166,6 +189,22 @@ def time_rounds(variants: dict, torch_runs: dict, torch_threads: list, matmul: D
   return timers, load.cores
 
 
+def profile_all(variants: dict, torch_runs: dict, torch_threads: list, timers: dict, args) -> list:
+  """A Profile of each variant and each PyTorch run (at its fastest thread count), in the
+  order of the table; each under its own folder of --profile-dir."""
+  profiles = []
+  for name, v in variants.items():
+    hlo_text = v.compile(v.batch)[0].as_text()
+    profiles.append(jax_profile(f"{name} (JAX)", lambda v=v: v.step(v.batch), args.profile_steps,
+                                os.path.join(args.profile_dir, name), hlo_text))
+  for kind, run in torch_runs.items():
+    n = min(torch_threads, key=lambda n, kind=kind: timers[f"torch {kind} {n}t"].best)
+    profiles.append(torch_profile(f"torch {kind} {n}t (PyTorch, torch.set_num_threads({n}))",
+                                  lambda n=n, run=run: run.step(n),
+                                  args.profile_steps, os.path.join(args.profile_dir, f"torch-{kind}")))
+  return profiles
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   names, torch_threads = check_args(args)
@@ -187,6 +226,9 @@ def main(argv=None) -> int:
     rows = report.result_rows(variants, torch_runs, torch_threads, timers, args)
     report.print_table(rows, tokens, matmul, args)
     report.print_footnotes(first, tokens, args, others)
+    if args.profile:
+      for profile in profile_all(variants, torch_runs, torch_threads, timers, args):
+        report.print_profile(profile, args.profile_top)
   return 0
 
 

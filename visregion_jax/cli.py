@@ -6,6 +6,7 @@ import sys
 from typing import Callable
 
 from visregion_jax.config import base_config, describe_keys, load_config
+from visregion_jax.cpu_threads import set_xla_threads
 from visregion_jax.errors import Interrupted, VisRegionError
 
 USAGE_ERROR = 2
@@ -22,7 +23,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_main(body: Callable[[], object]) -> int:
   """Runs a command; bad input becomes one `error:` line on stderr and exit status 2, a
-  run stopped by a signal one line saying where to resume and 128 + the signal."""
+  run stopped by a signal one line saying where to resume and 128 + the signal. XLA's
+  CPU threads are sized first (cpu_threads.py), before any computation starts the backend."""
+  set_xla_threads()
   try:
     body()
   except VisRegionError as e:
