@@ -3,6 +3,7 @@ published numbers, on 8 simulated devices (a subprocess: the device count is fix
 when jax starts), plus the config.json path and the fast abstract build."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -35,6 +36,7 @@ CASES = {
     "7b_fsdp8": ["--config", "configs/llava15_7b_region.py"],
     "7b_fsdp4_tensor2": ["--config", "configs/llava15_7b_region.py", "--config.mesh.fsdp=4",
                          "--config.mesh.tensor=2"],
+    "7b_loss_untiled": ["--config", "configs/llava15_7b_region.py", "--config.model.loss_tiles=1"],
     "13b_fsdp8": ["--config", "configs/llava15_13b_region.py"],
     "bunny_llama3": ["--config", "configs/bunny_llama3_8b_region.py"],
     "bunny_phi3": ["--config", "configs/bunny_phi3_mini_region.py"],
@@ -129,7 +131,20 @@ def test_llava15_7b_on_8_devices(eight_devices, case, fsdp, tensor):
   act = e["activation_terms"]
   assert act["micro_batch"] == micro and act["seq_len"] == 2048
   assert act["stored"] == 32 * micro * 2048 * 4096 * 2  # remat: L layer inputs in bf16
-  assert act["loss_working_set"] == micro * 2048 * 32064 * (2 + 4 + 4)
+  # fp32 logits of micro x 2048 x 32064 exceed 256 MiB: model.loss_tiles=0 cuts each
+  # row into ceil(micro * 2048 * 32064 * 4 / 256 MiB) tiles
+  tiles = math.ceil(micro * 2048 * 32064 * 4 / 2 ** 28)
+  assert act["loss_tile"] == math.ceil(2048 / tiles)
+  assert act["loss_working_set"] == micro * act["loss_tile"] * 32064 * (2 + 4 + 4)
+
+
+def test_untiled_loss_working_set(eight_devices):
+  """model.loss_tiles=1: the whole logits, B*T*V*(b+8); the rest of the estimate unchanged."""
+  untiled, tiled = eight_devices[1]["7b_loss_untiled"], eight_devices[1]["7b_fsdp8"]
+  act = untiled["activation_terms"]
+  assert act["loss_tile"] == 2048 and act["loss_working_set"] == 16 * 2048 * 32064 * (2 + 4 + 4)
+  assert act["stored"] == tiled["activation_terms"]["stored"]
+  assert untiled["bytes_per_device"]["params_frozen"] == tiled["bytes_per_device"]["params_frozen"]
 
 
 def test_llava15_13b_on_8_devices(eight_devices):

@@ -194,3 +194,16 @@ def test_accumulated_step_equals_single_step(reference, steps, accum):
   np.testing.assert_allclose(loss, single_loss, rtol=1e-6)
   for path, g in grads.items():
     np.testing.assert_allclose(g, single_grads[path], atol=1e-5, err_msg=str(path))
+
+
+def test_tiled_step_equals_transformers(models, reference):
+  """The loss in tiles of each row (model.loss_tiles=3: tiled_loss.py, never the whole
+  logits), over 2 micro-batches: the same loss and gradients as transformers'."""
+  _, hf_loss, hf_grads, _, _ = reference
+  model = nnx.clone(models[1])
+  model.language_model.config = model.language_model.config.replace(loss_tiles=3)
+  loss, grads = step_loss_and_grads(model, reference[0], 2)
+  np.testing.assert_allclose(loss, hf_loss, rtol=1e-5)
+  for path, g in grads.items():
+    name, transpose = hf_name(path)
+    np.testing.assert_allclose(g, hf_grads[name].T if transpose else hf_grads[name], atol=1e-5, err_msg=name)

@@ -32,6 +32,7 @@ BAD = {
     "unknown_projector": ({"model.projector_type": "mlp2x_relu"}, "model.projector_type"),
     "bad_dtype": ({"model.dtype": "float64"}, "model.dtype"),
     "unknown_attention": ({"model.attention": "flash"}, "model.attention"),
+    "negative_loss_tiles": ({"model.loss_tiles": "-2"}, "model.loss_tiles"),
     "splash_off_tpu": ({"model.attention": "splash"}, "model.attention"),  # CPU, not interpreted
     "workdir_is_a_file": ({"workdir": DEMO}, "workdir"),
     "negative_steps": ({"train.steps": "-3"}, "train.steps"),

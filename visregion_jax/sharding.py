@@ -102,13 +102,27 @@ def constrain_batch(x):
   sum partial products instead of gathering the weights, so every device holds the
   activations of the whole global batch. Pinning the activations to their rows keeps
   each device at its own micro-batch."""
+  axes = _row_axes(x.shape[0])
+  return jax.lax.with_sharding_constraint(x, PartitionSpec(axes)) if axes else x
+
+
+def rows_per_device(rows: int) -> int:
+  """Rows of a batch of `rows` that one device holds under the mesh in context, as
+  constrain_batch splits them (all of them outside a mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return rows // math.prod(mesh.shape[a] for a in _row_axes(rows))
+
+
+def _row_axes(rows: int) -> tuple:
+  """The batch axes of the mesh in context that split `rows` rows: () outside a mesh
+  context or where they do not divide `rows`."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
-    return x
+    return ()
   axes = tuple(a for a in BATCH_AXES if mesh.shape.get(a, 1) > 1)
-  if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
-    return x
-  return jax.lax.with_sharding_constraint(x, PartitionSpec(axes))
+  if not axes or rows % math.prod(mesh.shape[a] for a in axes):
+    return ()
+  return axes
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:

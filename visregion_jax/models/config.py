@@ -41,6 +41,7 @@ class DecoderConfig:
   dtype: str = "float32"         # compute dtype
   param_dtype: str = "float32"   # dtype new parameters are created in
   remat: bool = False            # recompute each layer in the backward pass
+  loss_tiles: int = 0            # the training loss's tiles: 0 = by size, 1 = plain, N (tiled_loss.py)
   attention: str = "auto"        # "auto", "xla", "splash" or "gpu": models/attention.py
   attention_interpret: bool = False  # run the Pallas kernels in interpret mode (CPU tests)
   hf_config_json: str = "{}"     # the HF config this was read from, for export

@@ -136,6 +136,7 @@ class DecoderOutput:
   logits: Optional[jnp.ndarray]        # [B, T, V], [B, 1, V] for logits="last", or None
   hidden_states: Optional[list] = None  # L + 1 arrays [B, T, E]: embeddings, then each layer's output
   cache: Optional[KVCache] = None
+  final_hidden: Optional[jnp.ndarray] = None  # [B, T, E] after the final norm, for logits="hidden"
 
 
 def _run_layer(layer, x, cos, sin, masking, kv, index):
@@ -211,8 +212,9 @@ class Decoder(nnx.Module):
     sample, 0 = padding) confine attention to each sample and make positions restart
     per sample, so each sample computes as it would alone. With `cache`, the new tokens are written at
     `cache.index` and attend to everything cached before them (on the XLA path, whatever
-    `config.attention` says). `logits` is "all", "last" (decoding) or "none" (layer
-    scoring, which needs only hidden states).
+    `config.attention` says). `logits` is "all", "last" (decoding), "hidden" (the final
+    norm's output instead, for a loss that applies the head itself: tiled_loss.py) or
+    "none" (layer scoring, which needs only hidden states).
     """
     cfg = self.config
     if inputs_embeds is None:
@@ -259,11 +261,12 @@ class Decoder(nnx.Module):
     new_cache = None
     if cache is not None:
       new_cache = KVCache(keys=new_keys, values=new_values, valid=key_valid, index=index + t)
-    out_logits = None
-    if logits != "none":
-      h = self.norm(x[:, -1:] if logits == "last" else x)
-      out_logits = self.lm_logits(h)
-    return DecoderOutput(logits=out_logits, hidden_states=states, cache=new_cache)
+    out_logits = final = None
+    if logits == "hidden":
+      final = self.norm(x)
+    elif logits != "none":
+      out_logits = self.lm_logits(self.norm(x[:, -1:] if logits == "last" else x))
+    return DecoderOutput(logits=out_logits, hidden_states=states, cache=new_cache, final_hidden=final)
 
   def masking(self, new_valid, key_valid, segment_ids, cache: Optional[KVCache], packed_or_padded: bool
               ) -> attention.Masking:
@@ -285,6 +288,14 @@ class Decoder(nnx.Module):
     if self.config.tie_word_embeddings:
       return self.embed_tokens.attend(h)
     return self.lm_head(h)
+
+  def lm_head_weight(self) -> tuple:
+    """(weight, vocab_major): the matrix `lm_logits` multiplies by, for a loss that applies
+    it itself: the tied embedding [V, E] (vocab_major) or the head's kernel [E, V]. The
+    head never carries LoRA factors (the plan attaches them to region layers only)."""
+    if self.config.tie_word_embeddings:
+      return self.embed_tokens.embedding[...], True
+    return self.lm_head.kernel[...], False
 
   def init_cache(self, batch: int, length: int) -> KVCache:
     return KVCache.create(self.config, batch, length, num_layers=len(self.layers))

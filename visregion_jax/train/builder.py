@@ -82,14 +82,15 @@ def build_model(config, workdir: str) -> tuple:
   scored = scored_region(config, model, workdir) if config.region.strategy == "scored" else None
   plan = TrainingPlan.from_config(config, len(model.layers), scored)
   plan.prepare(model, config.seed)
-  if m.get("remat"):
-    set_remat(model)
+  set_training_options(model, m)
   return model, plan
 
 
-def set_remat(model) -> None:
+def set_training_options(model, m) -> None:
+  """The config's `model.remat` and `model.loss_tiles` on the decoder's config (static
+  module data: a change is a new jit cache key); neither changes the weights."""
   decoder = model.language_model if isinstance(model, LVLM) else model
-  decoder.config = decoder.config.replace(remat=True)
+  decoder.config = decoder.config.replace(remat=bool(m.get("remat")), loss_tiles=m.get("loss_tiles", 0))
 
 
 def fingerprint(model, plan: TrainingPlan) -> str:

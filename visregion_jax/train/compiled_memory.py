@@ -18,6 +18,7 @@ from visregion_jax.models.attention_choice import set_attention
 from visregion_jax.models.lvlm import LVLMConfig
 from visregion_jax.plan import TrainingPlan
 from visregion_jax.train.batching import check_batch
+from visregion_jax.train.builder import set_training_options
 from visregion_jax.train.dry_run import abstract_model
 from visregion_jax.train.step import make_train_step
 
@@ -55,9 +56,7 @@ def compiled_memory(config) -> dict:
   check_batch(config.train, mesh)
   model = abstract_model(model_cfg, plan, config.seed)
   set_attention(model, m.attention, m.attention_interpret)
-  if m.get("remat"):
-    decoder = model.language_model if isinstance(model_cfg, LVLMConfig) else model
-    decoder.config = decoder.config.replace(remat=True)
+  set_training_options(model, m)
   graphdef, params, frozen, rest = plan.split(model)
   params = _placed(params, sharding.state_shardings(params, mesh))
   frozen = _placed(frozen, sharding.state_shardings(frozen, mesh))

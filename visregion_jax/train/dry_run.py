@@ -27,7 +27,12 @@ the compute dtype):
                       + B*T*b*(5E + H*d + I + 7r)  LoRA dropout inputs and rank-r outputs
                                                    (region layers with LoRA only)
                       + the layer's weights gathered over fsdp (its params * b / tensor)
-    loss working set  = B*T*V*(b + 4 + 4)        logits, their fp32 copy, fp32 log-softmax
+    loss working set  = B*Tt*V*(b + 4 + 4)       logits, their fp32 copy, fp32 log-softmax
+                                                 of one tile of Tt positions per row:
+                                                 Tt = T untiled, else ceil(T / tiles)
+                                                 (`model.loss_tiles`; 0 tiles when
+                                                 B*T*V*4 > 256 MiB, in tiles of at most
+                                                 that: tiled_loss.py)
   attention, by `model.attention` (both are printed):
     XLA path          = B*H*T*T*(4 + 4 [+ b])    fp32 logits, fp32 softmax, and the
                                                  probabilities cast to a narrower compute
@@ -64,6 +69,7 @@ from visregion_jax.models.kernel_padding import LANE, round_up
 from visregion_jax.models.llama import Decoder
 from visregion_jax.models.lvlm import LVLM, LVLMConfig
 from visregion_jax.plan import FROZEN, TrainingPlan, decoder_layer_of
+from visregion_jax.tiled_loss import tile_tokens
 from visregion_jax.train.batching import check_batch
 from visregion_jax.train.validate import scored_stand_in
 
@@ -143,7 +149,8 @@ def activation_bytes(text, config, mesh, micro: int, plan: TrainingPlan, per_lay
     gathered = per_layer.get(layer, 0) * b // mesh.shape["tensor"]
     return base + (lora if layer in plan.region_layers else 0) + gathered
 
-  loss = micro * seq * v * (b + 8)
+  tile = tile_tokens(config.model.get("loss_tiles", 0), micro, seq, v)
+  loss = micro * tile * v * (b + 8)
   num_layers = text.num_layers
   if config.model.get("remat"):
     stored = num_layers * micro * seq * e * b
@@ -151,7 +158,7 @@ def activation_bytes(text, config, mesh, micro: int, plan: TrainingPlan, per_lay
   else:
     stored = sum(working(j) for j in range(num_layers))
     peak = stored + mask + loss
-  return {"micro_batch": micro, "seq_len": seq, "stored": stored,
+  return {"micro_batch": micro, "seq_len": seq, "loss_tile": tile, "stored": stored,
           "layer_working_set": max(working(j) for j in range(num_layers)), "attention": attn,
           "loss_working_set": loss, "mask": mask, "total": peak}
 
@@ -229,7 +236,8 @@ def format_report(e: dict) -> str:
       row(('stored layer inputs L*B*T*E*b' if e['remat'] else 'stored working sets, all layers'), "stored"),
       row("one layer working set (see dry_run.py)", "layer_working_set"),
       row("  of which attention (T x T scores | kernel residuals)", "attention"),
-      row("loss working set B*T*V*(b+8)", "loss_working_set"),
+      row("loss working set B*T*V*(b+8)" if act["loss_tile"] == act["seq_len"] else
+          f"loss working set B*Tt*V*(b+8), tiles of Tt={act['loss_tile']}", "loss_working_set"),
       row("attention mask B*T*T | segment ids B*T*4", "mask"),
       row("peak", "total"),
       f"  {'total':58s}{_gib(e['totals']['xla'])}{_gib(e['totals']['fused'])}",

@@ -52,6 +52,7 @@ RANGES = (
     ("data.pack_window", INT, 1, None, True),
     ("train.prefetch", INT, 0, None, True),
     ("region.lora_rank", INT, 0, None, True),
+    ("model.loss_tiles", INT, 0, None, True),
     ("region.probe_samples", INT, 1, None, True),
     ("region.lora_alpha", NUMBER, 0, None, False),
     ("region.lora_dropout", NUMBER, 0, 1, True),
