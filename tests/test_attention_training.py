@@ -5,28 +5,17 @@ two heads per device); and the 8-device steps equal the one-device ones. The ste
 in one subprocess (tests/run_attention_steps.py): the device count is fixed when jax
 starts."""
 
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_on_8_devices
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(TESTS)
 ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def steps():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([REPO] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-  run = subprocess.run([sys.executable, os.path.join(TESTS, "run_attention_steps.py")], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=600, check=False)
-  assert run.returncode == 0, run.stderr[-3000:]
-  line = next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))
-  return json.loads(line[len("RESULT "):])
+  return run_on_8_devices("run_attention_steps.py", timeout=600)
 
 
 def assert_same_steps(got: dict, want: dict) -> None:

@@ -9,18 +9,14 @@ a vocabulary that no tile count divides; and through the real train step with
 gradient accumulation. The same on 8 simulated devices is tests/run_tiled_loss_mesh.py.
 """
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import randomized
+from conftest import randomized, run_on_8_devices
 from flax import nnx
 
 from visregion_jax import loss, tiled_loss
@@ -30,8 +26,6 @@ from visregion_jax.models.llama import Decoder
 from visregion_jax.plan import TrainingPlan
 from visregion_jax.train.step import make_train_step
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(TESTS)
 VOCAB = 97  # prime: no tile count divides it
 
 
@@ -216,13 +210,7 @@ def test_train_step_with_accumulation_equals_plain(tied):
 # --- sharded --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mesh_results():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([REPO] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-  run = subprocess.run([sys.executable, os.path.join(TESTS, "run_tiled_loss_mesh.py")], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=900, check=False)
-  assert run.returncode == 0, run.stderr[-3000:]
-  line = next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))
-  return json.loads(line[len("RESULT "):])
+  return run_on_8_devices("run_tiled_loss_mesh.py")
 
 
 def assert_same(got: dict, want: dict, atol: float) -> None:
