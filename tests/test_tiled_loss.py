@@ -10,6 +10,7 @@ gradient accumulation. The same on 8 simulated devices is tests/run_tiled_loss_m
 """
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
