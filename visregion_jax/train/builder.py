@@ -11,7 +11,9 @@ use the same ids).
 
 import hashlib
 import os
+import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -28,6 +30,7 @@ from visregion_jax.models.llama import Decoder
 from visregion_jax.models.lvlm import LVLM, abstract_lvlm
 from visregion_jax.models.projector import Projector
 from visregion_jax.plan import TrainingPlan
+from visregion_jax.publish import published_directory
 from visregion_jax.train.region_probe import scored_region
 
 
@@ -49,13 +52,20 @@ def compose_lvlm(decoder: Decoder, tower_dir: str, config, workdir: str) -> LVLM
   the image processor and the chat template the run trains with (convert/processor.py)."""
   tower = vision_tower_from_hf(tower_dir, dtype=decoder.config.dtype)
   lvlm_config = joined_lvlm_config(decoder.config, tower.config, config.model)
-  tokenizer_dir = os.path.join(workdir, "tokenizer")
   if tokenizer.has_tokenizer(decoder.config.source):
-    tokenizer_with_image_token(decoder.config.source, lvlm_config.image_token_id, out=tokenizer_dir)
-    write_processor(tokenizer_dir, tokenizer.load_tokenizer(tokenizer_dir), lvlm_config,
+    # Each process writes its own copy and reads only that: processes writing one directory
+    # of a shared workdir in place would read each other's half-written files. Process 0
+    # publishes its copy whole as WORKDIR/tokenizer, the source exports and resumes use.
+    private = tokenizer_with_image_token(decoder.config.source, lvlm_config.image_token_id)
+    write_processor(private, tokenizer.load_tokenizer(private), lvlm_config,
                     image_processor_config(tower.config, tower_dir), pad_to_square=config.data.pad_to_square,
                     template=config.data.template)
-    lvlm_config = lvlm_config.replace(text=lvlm_config.text.replace(source=tokenizer_dir))
+    source = private
+    if jax.process_index() == 0:
+      source = os.path.join(workdir, "tokenizer")
+      with published_directory(source) as partial:
+        shutil.copytree(private, partial, dirs_exist_ok=True)
+    lvlm_config = lvlm_config.replace(text=lvlm_config.text.replace(source=source))
   return _joined(decoder, tower, lvlm_config, config.seed)
 
 
