@@ -83,7 +83,7 @@ def benchmark_metrics(config, model, tokenizer, data_config, out_dir: str, name:
   names = settings.task_names(config)
   if not names:
     return {}
-  claim(out_dir, {**identity(name, config)})
+  claim(out_dir, identity(name, config))
   setup = model_setup(config, model, tokenizer, mesh, data_config.image, data_config.pad_to_square)
   found = evaluate_model(model, setup, settings.open_tasks(config, names), out_dir)
   return {f"{task}/{metric}": value for task, r in found.items() for metric, value in r["metrics"].items()}

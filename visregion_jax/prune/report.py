@@ -3,6 +3,7 @@ with healing, after healing (report.md to read, report.json for tools)."""
 
 import json
 import os
+import shutil
 
 from visregion_jax.benchmarks.job import benchmark_metrics
 from visregion_jax.convert.params import model_params
@@ -20,6 +21,7 @@ def quality(config, model, tokenizer, data_config, stage: str) -> dict:
   out = evaluate(config, model, tokenizer, data_config)
   out["num_params"] = int(sum(v.size for v in model_params(model).values()))
   out_dir = os.path.join(os.path.abspath(config.workdir), "prune", "eval", stage)
+  shutil.rmtree(out_dir, ignore_errors=True)  # a rerun may prune other layers: never continue old answers
   return {**{key: out.get(key) for key in QUALITY},
           "benchmarks": benchmark_metrics(config, model, tokenizer, data_config, out_dir, f"the {stage} model")}
 
