@@ -27,11 +27,13 @@ command's exit path (`cli.run_main`), so its exit status is the documented one.
 """
 
 import argparse
+import faulthandler
 import os
 import sys
 import time
 
 STALL_SECONDS = 600  # outlasts the test's wait; bounds an orphan if the test itself dies
+LINGER_SECONDS = 30  # after the run's own work, exiting takes a few seconds at most
 
 
 def parse_args(argv):
@@ -170,7 +172,11 @@ def main(argv=None) -> int:
       job.run(config)
     else:
       save_params(args.params_out, train.run(config)["model"])
-  return cli.run_main(body)
+  status = cli.run_main(body)
+  # A process that lingers on its way out (a thread that never ends, a peer that never
+  # reaches jax.distributed's shutdown barrier) writes every thread's stack to its log.
+  faulthandler.dump_traceback_later(LINGER_SECONDS, repeat=True)
+  return status
 
 
 if __name__ == "__main__":
