@@ -2,17 +2,46 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
-import jax
-import numpy as np
-import pytest
-import torch
-import transformers
-from flax import nnx
+
+def _share_compilation_cache() -> str:
+  """One persistent XLA compilation cache for the whole session: its pytest-xdist workers
+  and every training or study subprocess they start inherit it from the environment,
+  set here before JAX is imported. Most tests compile the same tiny models' steps and
+  evaluations; compiling, not computing, is where a CPU test spends its time. A cache the
+  caller set is kept; the one made here is removed at the end (pytest_unconfigure)."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return ""
+  directory = tempfile.mkdtemp(prefix="visregion-tests-xla-cache-")
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=directory, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return directory
+
+
+OWN_COMPILATION_CACHE = _share_compilation_cache()
+
+import jax  # noqa: E402  (after the cache is in the environment)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from flax import nnx  # noqa: E402
+from train_fixtures import build_inputs, overrides  # noqa: E402
+
+from visregion_jax.config.loading import load_config  # noqa: E402
+from visregion_jax.train import loop  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+def pytest_unconfigure(config):
+  del config
+  if OWN_COMPILATION_CACHE:
+    shutil.rmtree(OWN_COMPILATION_CACHE, ignore_errors=True)
 
 
 def save_hf_model(model, directory) -> str:
@@ -97,3 +126,19 @@ def run_on_8_devices(script: str, timeout: int = 900) -> dict:
   assert run.returncode == 0, run.stderr[-3000:]
   line = next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))
   return json.loads(line[len("RESULT "):])
+
+
+@pytest.fixture(scope="session")
+def tiny_inputs(tmp_path_factory) -> dict:
+  """tests/train_fixtures.py's tiny models and data, written once per test process."""
+  return build_inputs(str(tmp_path_factory.mktemp("tiny_inputs")))
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_inputs, tmp_path_factory) -> str:
+  """The workdir of the tiny LLaVA trained on tiny_inputs with configs/tiny_test.py and
+  exported to WORKDIR/hf, trained once per test process for the export, pruning and
+  healing tests. Shared, so read only: a test that writes into a workdir copies it."""
+  workdir = str(tmp_path_factory.mktemp("tiny_trained"))
+  loop.run(load_config(overrides(tiny_inputs, workdir, **{"train.export_hf": "true"}), "test"))
+  return workdir

@@ -7,20 +7,17 @@ import os
 import numpy as np
 import pytest
 import skimage.data
-import train_fixtures
 from consumer_check import check_transformers_path, question_images, transformers_answers
 from PIL import Image
 from test_convert_errors import assert_one_error_line
 from transformers import LlavaImageProcessorPil
 
-from visregion_jax.config import load_config
 from visregion_jax.convert import load_tokenizer
 from visregion_jax.convert.gguf_file import SMOLLM2_ALIAS, resolve_model_path
 from visregion_jax.data.chat_jinja import chat_template_jinja
 from visregion_jax.data.image_processing import ImageProcessorConfig, preprocess
 from visregion_jax.data.templates import TEMPLATES
 from visregion_jax.generate.__main__ import main as generate_main
-from visregion_jax.train import loop as train
 
 CONVERSATION = [("user", "<image>\nWhat digit is this?"), ("assistant", "Seven."),
                 ("user", "And its colour?"), ("assistant", "Red.")]
@@ -84,11 +81,8 @@ def test_llava_image_processor_matches_ours(config, pad):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  inputs = train_fixtures.build_inputs(str(tmp_path_factory.mktemp("processor_inputs")))
-  workdir = str(tmp_path_factory.mktemp("trained"))
-  train.run(load_config(train_fixtures.overrides(inputs, workdir, **{"train.export_hf": "true"}), "test"))
-  return workdir
+def trained(tiny_trained):
+  return tiny_trained
 
 
 def test_training_export_answers_through_transformers_processor(trained):

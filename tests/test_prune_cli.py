@@ -28,15 +28,14 @@ from visregion_jax.data.from_config import data_config_for
 from visregion_jax.errors import VisRegionError
 from visregion_jax.prune import selection
 from visregion_jax.prune.__main__ import main as prune_main
-from visregion_jax.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_LAYERS, REGION = 4, [1]  # uniform, fraction 0.25 of 4 layers (see test_train.py)
 SMALL = {"eval.num_samples": 4, "eval.max_new_tokens": 2, "prune.calibration_samples": 8, "prune.latency_runs": 3,
          "prune.batch_size": 4}
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-  return train_fixtures.build_inputs(str(tmp_path_factory.mktemp("prune_inputs")))
+def inputs(tiny_inputs):
+  return tiny_inputs
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +49,9 @@ def argv(inputs, config_file, workdir, **extra) -> list:
 
 
 @pytest.fixture(scope="module")
-def trained(inputs, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("trained"))
-  train.run(load_config(train_fixtures.overrides(inputs, workdir, **{"train.export_hf": "true"}), "test"))
-  return workdir
+def trained(tiny_trained, tmp_path_factory):
+  """A copy of the shared trained workdir: the k=1 run prunes in it."""
+  return train_fixtures.copy_tree(tiny_trained, str(tmp_path_factory.mktemp("trained") / "w"))
 
 
 @pytest.fixture(scope="module")

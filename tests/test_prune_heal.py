@@ -35,7 +35,6 @@ from visregion_jax.data.from_config import data_config_for
 from visregion_jax.loading import load_model
 from visregion_jax.prune import heal, job, latency, selection
 from visregion_jax.prune.__main__ import main as prune_main
-from visregion_jax.train import loop as train
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -50,15 +49,13 @@ LAYER = re.compile(r"language_model\.(?:model\.)?layers\.(\d+)\.")
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-  return train_fixtures.build_inputs(str(tmp_path_factory.mktemp("heal_inputs")))
+def inputs(tiny_inputs):
+  return tiny_inputs
 
 
 @pytest.fixture(scope="module")
-def trained(inputs, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("heal_trained"))
-  train.run(load_config(train_fixtures.overrides(inputs, workdir, **{"train.export_hf": "true"}), "test"))
-  return workdir
+def trained(tiny_trained):
+  return tiny_trained  # each test that prunes copies it
 
 
 def argv(inputs, workdir, **extra) -> list:
