@@ -3,6 +3,8 @@ one JSON object of lmms-eval's metric names on stdout and exit 0, or one `error:
 exit 2 for a missing file, a line that is not a JSON object, an unknown task, a missing field.
 """
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -11,6 +13,7 @@ import sys
 import pytest
 
 from visregion_jax.benchmarks.scoring import TASKS
+from visregion_jax.evaluate.__main__ import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,8 +40,15 @@ RIGHT = {
 
 
 def run(*argv) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "visregion_jax.evaluate", *argv], cwd=REPO, capture_output=True,
-                        text=True, timeout=120, check=False)
+  """The command's `main` in this process, as `python -m` calls it (what it prints and its
+  exit status); test_python_dash_m runs it as a user does, once."""
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      status = main(list(argv))
+    except SystemExit as e:
+      status = e.code
+  return subprocess.CompletedProcess(list(argv), status, out.getvalue(), err.getvalue())
 
 
 def write(path, rows) -> str:
@@ -56,6 +66,17 @@ def test_prints_one_json_object(task, tmp_path):
   done = run("score", "--task", task, "--predictions", write(tmp_path / f"{task}.jsonl", rows))
   assert done.returncode == 0, done.stderr
   assert done.stdout.count("\n") == 1 and json.loads(done.stdout) == metrics
+
+
+def test_python_dash_m(tmp_path):
+  rows, metrics = RIGHT["pope"]
+  done = subprocess.run([sys.executable, "-m", "visregion_jax.evaluate", "score", "--task", "pope", "--predictions",
+                         write(tmp_path / "pope.jsonl", rows)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert done.returncode == 0 and json.loads(done.stdout) == metrics, done.stderr
+  done = subprocess.run([sys.executable, "-m", "visregion_jax.evaluate", "rescore"], cwd=REPO, capture_output=True,
+                        text=True, timeout=120, check=False)
+  assert done.returncode == 2 and done.stderr.startswith("error: python -m visregion_jax.evaluate"), done.stderr
 
 
 def test_blank_lines_are_skipped_and_line_numbers_kept(tmp_path):
