@@ -25,6 +25,7 @@ def _share_compilation_cache() -> str:
 OWN_COMPILATION_CACHE = _share_compilation_cache()
 
 import jax  # noqa: E402  (after the cache is in the environment)
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -42,6 +43,20 @@ def pytest_unconfigure(config):
   del config
   if OWN_COMPILATION_CACHE:
     shutil.rmtree(OWN_COMPILATION_CACHE, ignore_errors=True)
+
+
+def greedy_without_cache(model, ids, steps):
+  """Reference: recompute the whole sequence each step and take the argmax. The sequence
+  sits right-padded in one final-width buffer, so a single compiled forward serves every
+  step: with causal attention, the logits at the last real position do not see the
+  padding after it."""
+  batch, width = ids.shape
+  seq = np.zeros((batch, width + steps), np.int32)
+  seq[:, :width] = ids
+  forward = nnx.jit(lambda m, x: m(x))
+  for t in range(width, width + steps):
+    seq[:, t] = np.asarray(forward(model, jnp.asarray(seq)))[:, t - 1].argmax(-1)
+  return seq[:, width:]
 
 
 def save_hf_model(model, directory) -> str:

@@ -1,27 +1,11 @@
 """Decoding with the KV cache equals decoding without it, and equals transformers' greedy."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import random_hf_model, save_hf_model, tiny_llama_config, tiny_phi3_config
-from flax import nnx
+from conftest import greedy_without_cache, random_hf_model, save_hf_model, tiny_llama_config, tiny_phi3_config
 
 from visregion_jax import convert, generate
-
-
-def greedy_without_cache(model, ids, steps):
-  """Reference: recompute the whole sequence each step and take the argmax. The sequence
-  sits right-padded in one final-width buffer, so a single compiled forward serves every
-  step: with causal attention, the logits at the last real position do not see the
-  padding after it."""
-  batch, width = ids.shape
-  seq = np.zeros((batch, width + steps), np.int32)
-  seq[:, :width] = ids
-  forward = nnx.jit(lambda m, x: m(x))
-  for t in range(width, width + steps):
-    seq[:, t] = np.asarray(forward(model, jnp.asarray(seq)))[:, t - 1].argmax(-1)
-  return seq[:, width:]
 
 
 @pytest.fixture(scope="module", params=["llama", "phi3"])

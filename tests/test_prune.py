@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import random_hf_model, save_hf_model, tiny_llama_config, tiny_phi3_config
+from conftest import greedy_without_cache, random_hf_model, save_hf_model, tiny_llama_config, tiny_phi3_config
 from test_lvlm import batch_with_images, llava_model
 
 from visregion_jax import convert, generate, prune
@@ -107,11 +107,7 @@ def test_drop_layers_equals_transformers_with_layers_deleted(kind, tmp_path):
   # Greedy generation with the KV cache equals generation without it.
   prompt = ids[:1, :9]
   cached = generate.generate(pruned, prompt, max_new_tokens=8, eos_token_ids=[])
-  seq = prompt
-  for _ in range(8):
-    nxt = np.asarray(pruned(jnp.asarray(seq)))[:, -1].argmax(-1)
-    seq = np.concatenate([seq, nxt[:, None]], axis=1)
-  np.testing.assert_array_equal(cached, seq[:, 9:])
+  np.testing.assert_array_equal(cached, greedy_without_cache(pruned, prompt, 8))
   # The export loads in transformers with the shallower depth and the same logits.
   out = convert.to_hf(pruned, str(tmp_path / "pruned"))
   loaded = transformers.AutoModelForCausalLM.from_pretrained(out)
