@@ -129,14 +129,14 @@ def randomized(module, seed: int):
   return module
 
 
-def run_on_8_devices(script: str, timeout: int = 900) -> dict:
+def run_on_8_devices(script: str, timeout: int = 900, args=()) -> dict:
   """Runs tests/`script` in a fresh process with 8 simulated CPU devices (XLA's device
   count is fixed when the backend starts) and returns the JSON it prints after `RESULT `."""
   tests = os.path.dirname(os.path.abspath(__file__))
   repo = os.path.dirname(tests)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join([repo] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-  run = subprocess.run([sys.executable, os.path.join(tests, script)], cwd=repo, env=env, capture_output=True,
+  run = subprocess.run([sys.executable, os.path.join(tests, script), *args], cwd=repo, env=env, capture_output=True,
                        text=True, timeout=timeout, check=False)
   assert run.returncode == 0, run.stderr[-3000:]
   line = next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))
