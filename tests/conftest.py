@@ -1,5 +1,7 @@
 """Shared test helpers: tiny random HF models built with transformers, saved to tmp dirs."""
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -127,6 +129,19 @@ def randomized(module, seed: int):
   nnx.update(module, jax.tree.unflatten(tree, [0.15 * jax.random.normal(k, x.shape, x.dtype) + (x == 1)
                                                 for k, x in zip(keys, leaves)]))
   return module
+
+
+def run_command_here(main, argv) -> subprocess.CompletedProcess:
+  """A command's `main` in this process, as `python -m` calls it: what it prints and its
+  exit status, without a new interpreter's imports and compiles. A test file keeps one
+  case through `python -m` itself."""
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      status = main(list(argv))
+    except SystemExit as e:
+      status = e.code
+  return subprocess.CompletedProcess(list(argv), status, out.getvalue(), err.getvalue())
 
 
 def run_on_8_devices(script: str, timeout: int = 900, args=()) -> dict:

@@ -15,10 +15,13 @@ import sys
 import benchmark_files as files
 import pytest
 import train_fixtures
+from conftest import run_command_here
 from test_convert_errors import assert_one_error_line
 
 from visregion_jax.config import load_config
 from visregion_jax.demo.gqa_layout import write_gqa_layout
+from visregion_jax.evaluate.__main__ import main as evaluate_main
+from visregion_jax.prune.__main__ import main as prune_main
 from visregion_jax.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +73,13 @@ def argv(export, data, workdir, **extra) -> list:
   return ["--config", os.path.join(REPO, "configs", "tiny_test.py")] + [f"--config.{k}={v}" for k, v in values.items()]
 
 
+def evaluate_here(args: list) -> subprocess.CompletedProcess:
+  """The command in this test's process (one CPU device): the cases that need no fresh one."""
+  return run_command_here(evaluate_main, args)
+
+
 def evaluate(args: list, devices: int = 1, env=None, wait=True):
+  """`python -m visregion_jax.evaluate` as a user runs it, on `devices` CPU devices."""
   run_env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                  **(env or {}))
   process = subprocess.Popen([sys.executable, "-m", "visregion_jax.evaluate", *args], cwd=REPO, env=run_env,
@@ -100,10 +109,9 @@ def test_every_sample_answered_and_scored_as_evaluate_score_does(one):
   for task in TASKS:
     lines = predictions(one, task)
     assert len(lines) == results[task]["samples"] == {"pope": 10, "gqa": 10, "mmlu": 6}[task]
-    rescored = subprocess.run([sys.executable, "-m", "visregion_jax.evaluate", "score", "--task", task,
-                               "--predictions", os.path.join(one, "eval", f"{task}.jsonl")],
-                              capture_output=True, text=True, cwd=REPO, check=True)
-    assert json.loads(rescored.stdout) == results[task]["metrics"]
+    rescored = run_command_here(evaluate_main, ["score", "--task", task,
+                                                "--predictions", os.path.join(one, "eval", f"{task}.jsonl")])
+    assert rescored.returncode == 0 and json.loads(rescored.stdout) == results[task]["metrics"], rescored.stderr
   assert [line["prediction"] for line in predictions(one, "mmlu")] and \
       {line["prediction"] for line in predictions(one, "mmlu")} <= set("ABCD")
   gqa = predictions(one, "gqa")
@@ -123,7 +131,7 @@ def test_a_broken_image_is_counted_and_scored_wrong(one):
 
 def test_batch_size_does_not_change_predictions(export, data, one, tmp_path):
   workdir = str(tmp_path / "b1")
-  done = evaluate(argv(export, data, workdir, **{"eval.batch_size": 1}))
+  done = evaluate_here(argv(export, data, workdir, **{"eval.batch_size": 1}))
   assert done.returncode == 0, done.stderr[-3000:]
   for task in TASKS:
     assert predictions(workdir, task) == predictions(one, task), task
@@ -164,7 +172,7 @@ def test_a_rerun_continues_after_the_last_complete_line(export, data, one, tmp_p
     f.writelines(lines[:4])
     f.write(lines[4][:20])  # a line cut by the interruption
   os.remove(os.path.join(workdir, "eval", "gqa.jsonl"))
-  done = evaluate(argv(export, data, workdir))
+  done = evaluate_here(argv(export, data, workdir))
   assert done.returncode == 0, done.stderr[-3000:]
   results = json.load(open(os.path.join(workdir, "eval", "results.json"), encoding="utf-8"))
   assert results["pope"]["answered_now"] == 6 and results["mmlu"]["answered_now"] == 0
@@ -175,7 +183,7 @@ def test_a_rerun_continues_after_the_last_complete_line(export, data, one, tmp_p
 def test_another_models_predictions_are_not_continued(export, data, one, inputs, tmp_path):
   workdir = str(tmp_path / "other")
   shutil.copytree(os.path.join(one, "eval"), os.path.join(workdir, "eval"))
-  done = evaluate(argv(export, data, workdir, **{"eval.prompt_style": "lmms_eval"}))
+  done = evaluate_here(argv(export, data, workdir, **{"eval.prompt_style": "lmms_eval"}))
   assert_one_error_line(done.returncode, done.stderr, "run.json: expected predictions of")
 
 
@@ -190,7 +198,7 @@ def test_another_models_predictions_are_not_continued(export, data, one, inputs,
     ({"eval.model": "/nonexistent/model"}, "eval.model: expected a model"),
 ])
 def test_bad_input_is_one_error_line_before_the_model_loads(export, data, tmp_path, extra, message):
-  done = evaluate(argv(export, data, str(tmp_path / "w"), **extra))
+  done = evaluate_here(argv(export, data, str(tmp_path / "w"), **extra))
   assert_one_error_line(done.returncode, done.stderr, message)
   assert not os.path.exists(tmp_path / "w" / "eval" / "pope.jsonl")
 
@@ -199,12 +207,12 @@ def test_a_missing_column_is_named_before_the_model_loads(export, data, tmp_path
   rows = files.rows_of("pope", 3)
   broken = {c: t for c, t in files.SCHEMAS["pope"].items() if c != "category"}
   files.write_split(str(tmp_path / "pope"), files.tasks.TASKS["pope"].parquet, broken, rows)
-  done = evaluate(argv(export, {**data, "pope": str(tmp_path / "pope")}, str(tmp_path / "w")))
+  done = evaluate_here(argv(export, {**data, "pope": str(tmp_path / "pope")}, str(tmp_path / "w")))
   assert_one_error_line(done.returncode, done.stderr, "category")
 
 
 def test_a_text_decoder_is_refused_for_image_tasks(data, inputs, tmp_path):
-  done = evaluate(argv(inputs["decoder"], data, str(tmp_path / "w")))
+  done = evaluate_here(argv(inputs["decoder"], data, str(tmp_path / "w")))
   assert_one_error_line(done.returncode, done.stderr, "eval.model: expected a vision-language model for pope, gqa")
 
 
@@ -215,7 +223,7 @@ def test_training_reports_what_the_command_gives_for_its_export(trained, synthet
     reported = [json.loads(line) for line in f if "gqa/exact_match" in line]
   assert len(reported) == 1 and "eval_accuracy" in reported[0]
   workdir = str(tmp_path / "w")
-  done = evaluate(argv(export, {"gqa": synthetic_gqa}, workdir, **{"eval.tasks": "gqa"}))
+  done = evaluate_here(argv(export, {"gqa": synthetic_gqa}, workdir, **{"eval.tasks": "gqa"}))
   assert done.returncode == 0, done.stderr[-3000:]
   results = json.load(open(os.path.join(workdir, "eval", "results.json"), encoding="utf-8"))
   assert results["gqa"]["metrics"]["exact_match"] == reported[0]["gqa/exact_match"]
@@ -230,8 +238,7 @@ def test_the_prune_report_gains_the_benchmarks(trained, synthetic_gqa, inputs, t
   args = train_fixtures.overrides(inputs, workdir, **{"prune.k": 1, "prune.latency_runs": 2, "eval.tasks": "gqa",
                                                        "eval.data.gqa": synthetic_gqa, "eval.max_new_tokens": 4,
                                                        "eval.num_samples": 2})
-  done = subprocess.run([sys.executable, "-m", "visregion_jax.prune", *args], capture_output=True, text=True,
-                        cwd=REPO, check=False)
+  done = run_command_here(prune_main, args)
   assert done.returncode == 0, done.stderr[-3000:]
   report = json.load(open(os.path.join(workdir, "prune", "report.json"), encoding="utf-8"))
   for stage in ("before", "pruned"):

@@ -3,14 +3,13 @@ one JSON object of lmms-eval's metric names on stdout and exit 0, or one `error:
 exit 2 for a missing file, a line that is not a JSON object, an unknown task, a missing field.
 """
 
-import contextlib
-import io
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from conftest import run_command_here
 
 from visregion_jax.benchmarks.scoring import TASKS
 from visregion_jax.evaluate.__main__ import main
@@ -40,15 +39,7 @@ RIGHT = {
 
 
 def run(*argv) -> subprocess.CompletedProcess:
-  """The command's `main` in this process, as `python -m` calls it (what it prints and its
-  exit status); test_python_dash_m runs it as a user does, once."""
-  out, err = io.StringIO(), io.StringIO()
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    try:
-      status = main(list(argv))
-    except SystemExit as e:
-      status = e.code
-  return subprocess.CompletedProcess(list(argv), status, out.getvalue(), err.getvalue())
+  return run_command_here(main, argv)  # test_python_dash_m runs it as a user does
 
 
 def write(path, rows) -> str:
