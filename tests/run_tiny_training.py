@@ -33,7 +33,7 @@ import sys
 import time
 
 STALL_SECONDS = 600  # outlasts the test's wait; bounds an orphan if the test itself dies
-LINGER_SECONDS = 30  # after the run's own work, exiting takes a few seconds at most
+WATCHDOG_SECONDS = 240  # a test run takes under 2 minutes even on a loaded CI machine
 
 
 def parse_args(argv):
@@ -145,6 +145,10 @@ def install_hang_before_commit(step: int, marker: str) -> None:
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  # A process still alive after this long (stuck in a collective, a barrier, a thread that
+  # never ends, on its way out) writes every thread's stack to its log, then again each
+  # period, so a test that fails on a hang shows where each process was.
+  faulthandler.dump_traceback_later(WATCHDOG_SECONDS, repeat=True)
   import jax  # pylint: disable=import-outside-toplevel
 
   from visregion_jax import sharding  # pylint: disable=import-outside-toplevel
@@ -172,11 +176,7 @@ def main(argv=None) -> int:
       job.run(config)
     else:
       save_params(args.params_out, train.run(config)["model"])
-  status = cli.run_main(body)
-  # A process that lingers on its way out (a thread that never ends, a peer that never
-  # reaches jax.distributed's shutdown barrier) writes every thread's stack to its log.
-  faulthandler.dump_traceback_later(LINGER_SECONDS, repeat=True)
-  return status
+  return cli.run_main(body)
 
 
 if __name__ == "__main__":

@@ -209,13 +209,22 @@ def finish_together(runs: list, status: int = 0) -> list:
   while any(r.proc.poll() is None for r in runs):
     failed = [r for r in runs if r.proc.poll() not in (None, 0, status)]
     if failed:
-      pytest.fail(failed[0].failure(f"process exited with {failed[0].proc.returncode}"))
+      pytest.fail(every_log(runs, f"process exited with {failed[0].proc.returncode}"))
     if time.time() > deadline:
-      pytest.fail(runs[0].failure(f"run did not finish in {RUN_TIMEOUT}s"))
+      pytest.fail(every_log(runs, f"run did not finish in {RUN_TIMEOUT}s"))
     time.sleep(0.2)
-  for r in runs:
-    r.finish(status=status)
+  codes = [r.proc.returncode for r in runs]
+  assert codes == [status] * len(runs), every_log(runs, f"processes exited with {codes}, not {status}")
   return runs
+
+
+def every_log(runs: list, what: str) -> str:
+  """A job's failure with the end of each process's log: the one that hung or failed
+  first is often not process 0."""
+  for r in runs:
+    if r.proc.poll() is None:
+      r.kill()
+  return "\n".join([what] + [r.failure(f"process {i} ({r.proc.returncode})") for i, r in enumerate(runs)])
 
 
 @pytest.fixture(scope="module")
