@@ -59,14 +59,19 @@ class Dense(nnx.Module):
     self.lora_scale = 0.0
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    x = x.astype(self.dtype)
+    # The matmuls see [tokens, features]: the weight gradient x^T dy then contracts one
+    # axis, which the GEMM reads transposed in place; contracting [B, T] as two axes made
+    # XLA:CPU copy every activation into a transposed layout first (BUILD.md, "Where the
+    # step's time goes").
+    lead = x.shape[:-1]
+    x = x.astype(self.dtype).reshape(-1, x.shape[-1])
     y = x @ self.kernel[...].astype(self.dtype)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     if self.has_lora:
       low = self.lora_dropout(x) @ self.lora_a[...].astype(self.dtype)
       y = y + self.lora_scale * (low @ self.lora_b[...].astype(self.dtype))
-    return y
+    return y.reshape(*lead, y.shape[-1])
 
 
 def lora_linears(model: nnx.Module):
