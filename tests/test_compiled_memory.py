@@ -71,7 +71,8 @@ def test_hand_formula_within_15_percent_of_compiled(figures, path):
 
 def test_fused_path_is_smaller_in_both_accounts(figures):
   xla, splash = figures["xla"], figures["splash"]
-  assert splash["compiled"]["peak"] < 0.75 * xla["compiled"]["peak"]
+  assert splash["compiled"]["peak"] < 0.9 * xla["compiled"]["peak"]
+  assert splash["hand"] < 0.9 * xla["hand"]
   assert splash["totals"]["fused"] == splash["hand"] and xla["totals"]["xla"] == xla["hand"]
   assert xla["totals"]["fused"] == splash["hand"]  # the dry run prints both paths either way
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 from flax import nnx
 
-from visregion_jax import model_spec
+from visregion_jax import model_spec, tiled_loss
 from visregion_jax.config.loading import load_config
 from visregion_jax.errors import VisRegionError
 from visregion_jax.models.lvlm import LVLM
@@ -131,9 +131,9 @@ def test_llava15_7b_on_8_devices(eight_devices, case, fsdp, tensor):
   act = e["activation_terms"]
   assert act["micro_batch"] == micro and act["seq_len"] == 2048
   assert act["stored"] == 32 * micro * 2048 * 4096 * 2  # remat: L layer inputs in bf16
-  # fp32 logits of micro x 2048 x 32064 exceed 256 MiB: model.loss_tiles=0 cuts each
-  # row into ceil(micro * 2048 * 32064 * 4 / 256 MiB) tiles
-  tiles = math.ceil(micro * 2048 * 32064 * 4 / 2 ** 28)
+  # fp32 logits of micro x 2048 x 32064 exceed 64 MiB: model.loss_tiles=0 cuts each
+  # row into ceil(micro * 2048 * 32064 * 4 / 64 MiB) tiles
+  tiles = math.ceil(micro * 2048 * 32064 * 4 / tiled_loss.AUTO_TILE_BYTES)
   assert act["loss_tile"] == math.ceil(2048 / tiles)
   assert act["loss_working_set"] == micro * act["loss_tile"] * 32064 * (2 + 4 + 4)
 

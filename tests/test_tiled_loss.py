@@ -54,9 +54,10 @@ def test_tile_tokens_by_setting():
   assert tiled_loss.tile_tokens(1, 16, 2048, 32064) == 2048                # plain
   assert tiled_loss.tile_tokens(3, 1, 10, VOCAB) == 4                       # 4 + 4 + 2
   assert tiled_loss.tile_tokens(50, 1, 10, VOCAB) == 1                      # at most one tile per position
-  assert tiled_loss.tile_tokens(0, 2, 1024, 32000) == 1024                  # 250 MiB: under the threshold
-  tiles = math.ceil(16 * 2048 * 32064 * 4 / tiled_loss.AUTO_TILE_BYTES)     # 16 tiles of <= 256 MiB
-  assert tiled_loss.tile_tokens(0, 16, 2048, 32064) == 2048 // tiles == 128
+  assert tiled_loss.tile_tokens(0, 1, 512, 32000) == 512                    # 62.5 MiB: under the threshold
+  assert tiled_loss.tile_tokens(0, 2, 1024, 32000) == 256                   # 250 MiB: 4 tiles of <= 64 MiB
+  tiles = math.ceil(16 * 2048 * 32064 * 4 / tiled_loss.AUTO_TILE_BYTES)     # 63 tiles of <= 64 MiB
+  assert tiled_loss.tile_tokens(0, 16, 2048, 32064) == math.ceil(2048 / tiles) == 33
 
 
 @pytest.mark.parametrize("vocab_major", [True, False], ids=["tied", "untied"])

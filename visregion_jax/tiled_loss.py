@@ -35,7 +35,7 @@ from visregion_jax.data.tokenize import IGNORE_INDEX
 
 # model.loss_tiles = 0 tiles a micro-batch whose fp32 logits (per device) would exceed
 # this, in tiles of at most this size each.
-AUTO_TILE_BYTES = 256 * 2 ** 20
+AUTO_TILE_BYTES = 64 * 2 ** 20
 
 
 def tile_tokens(setting: int, rows: int, seq: int, vocab: int) -> int:

@@ -33,7 +33,7 @@ KEYS = (
     ("model.dtype", "", "compute dtype; empty = float32 on CPU, bfloat16 on accelerators"),
     ("model.remat", False, "recompute each decoder layer in the backward pass (less memory)"),
     ("model.loss_tiles", 0, "the loss's logits in tiles of a row's tokens, one tile at a time: 0 = when a "
-     "micro-batch's fp32 logits exceed 256 MiB per device (tiles of at most that), 1 = never, N = N tiles"),
+     "micro-batch's fp32 logits exceed 64 MiB per device (tiles of at most that), 1 = never, N = N tiles"),
     ("model.attention", "auto", "auto (splash on TPU, cuDNN / Pallas flash on GPU, xla on CPU), xla (dense "
      "T x T scores), splash or gpu (fused kernels: no T x T matrix)"),
     ("model.attention_interpret", False, "run the Pallas attention kernels in interpret mode (CPU tests)"),

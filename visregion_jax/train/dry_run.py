@@ -21,8 +21,9 @@ the compute dtype):
                  L * B*T*E*b + mask + max(layer working set, loss working set)
                no remat (every layer keeps its working set):
                  sum over layers of the working set + mask + loss working set
-    layer working set = B*T*b*(5E + H*d + (2H + 3KV)*d + 4I)   norms, q/k/v, roped q/k,
+    layer working set = B*T*b*(5E + H*d + (2H + 3KV)*d + 3I)   norms, q/k/v, roped q/k,
                                                         attention out, residuals, MLP
+                                                        (gate, up, their product)
                       + attention (below)
                       + B*T*b*(5E + H*d + I + 7r)  LoRA dropout inputs and rank-r outputs
                                                    (region layers with LoRA only)
@@ -31,12 +32,11 @@ the compute dtype):
                                                  of one tile of Tt positions per row:
                                                  Tt = T untiled, else ceil(T / tiles)
                                                  (`model.loss_tiles`; 0 tiles when
-                                                 B*T*V*4 > 256 MiB, in tiles of at most
+                                                 B*T*V*4 > 64 MiB, in tiles of at most
                                                  that: tiled_loss.py)
   attention, by `model.attention` (both are printed):
-    XLA path          = B*H*T*T*(4 + 4 [+ b])    fp32 logits, fp32 softmax, and the
-                                                 probabilities cast to a narrower compute
-                                                 dtype (jax.nn.dot_product_attention)
+    XLA path          = B*H*T*T*b                the probabilities in the compute dtype,
+                                                 all its backward keeps (dense_attention.py)
       mask            = B*T*T bytes              the boolean mask all layers share
     fused (splash)    = B*Tp*(b*(2H + 2KV)*d + 4H)  the kernel's residuals: q, k, v, output
                                                  in its layout, fp32 log-sum-exp per query
@@ -127,8 +127,7 @@ def attention_bytes(micro: int, seq: int, h: int, kv: int, d: int, b: int, fused
   """(one layer's attention activations, the mask all layers share), in bytes (see the
   module docstring)."""
   if not fused:
-    probs_copy = b if b < 4 else 0  # the probabilities cast to a narrower compute dtype
-    return micro * h * seq * seq * (8 + probs_copy), micro * seq * seq
+    return micro * h * seq * seq * b, micro * seq * seq
   padded = round_up(seq, LANE)
   residuals = micro * padded * (b * (2 * h + 2 * kv) * d + 4 * h)
   return residuals + micro * h * padded * LANE * 4, micro * padded * 4
@@ -142,7 +141,7 @@ def activation_bytes(text, config, mesh, micro: int, plan: TrainingPlan, per_lay
   e, i, v = text.hidden_size, text.intermediate_size, text.vocab_size
   h, kv, d = text.num_heads, text.num_kv_heads, text.head_dim
   attn, mask = attention_bytes(micro, seq, h, kv, d, b, fused)
-  base = micro * seq * b * (5 * e + h * d + (2 * h + 3 * kv) * d + 4 * i) + attn
+  base = micro * seq * b * (5 * e + h * d + (2 * h + 3 * kv) * d + 3 * i) + attn
   lora = micro * seq * b * (5 * e + h * d + i + 7 * r) if r else 0
 
   def working(layer: int) -> int:
