@@ -60,7 +60,7 @@ def dense_attention(q, k, v, mask, scale: float):
   heads-major: each KV head's G query heads are one [G*T, d] operand, so both matmuls are
   plain batched GEMMs over (B, KV). jax's version vmaps over the G query heads of a group
   and broadcasts the mask to each, which XLA:CPU lowers to 5-D transposes of q, the
-  logits and the mask in both passes (BUILD.md, "Where the step's time goes").
+  logits and the mask in both passes (BUILD.md, "What the fixes bought").
   """
   b, t, h, d = q.shape
   kv = k.shape[2]

@@ -61,8 +61,8 @@ class Dense(nnx.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     # The matmuls see [tokens, features]: the weight gradient x^T dy then contracts one
     # axis, which the GEMM reads transposed in place; contracting [B, T] as two axes made
-    # XLA:CPU copy every activation into a transposed layout first (BUILD.md, "Where the
-    # step's time goes").
+    # XLA:CPU copy every activation into a transposed layout first (BUILD.md, "What the
+    # fixes bought").
     lead = x.shape[:-1]
     x = x.astype(self.dtype).reshape(-1, x.shape[-1])
     y = x @ self.kernel[...].astype(self.dtype)
