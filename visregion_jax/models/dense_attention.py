@@ -96,9 +96,7 @@ def _grouped_attention(heads_major, k, v, mask, groups: int, scale: float):
   also keeps the masked logits and the softmax's exponentials, two more [B, H, T, S]
   fp32 arrays per layer, the largest activations of a layer at this path's lengths.
   """
-  probs = _probs(heads_major, k, mask, groups, scale)
-  b, kv, gt, _ = heads_major.shape
-  return jnp.einsum("bkqs,bskd->bkqd", probs.reshape(b, kv, gt, -1), v)
+  return _grouped_attention_forward(heads_major, k, v, mask, groups, scale)[0]
 
 
 def _grouped_attention_forward(heads_major, k, v, mask, groups, scale):
