@@ -2,6 +2,7 @@
 
 import copy
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from conftest import hf_logits, random_hf_model, save_hf_model, tiny_llama_config, tiny_phi3_config
 
 from visregion_jax import convert
+from visregion_jax.models.llama import swiglu
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
@@ -114,9 +116,6 @@ def test_bf16_error_is_transformers_bf16_error(name, tmp_path, rng):
 def test_swiglu_gradients_equal_autodiff():
   """The SwiGLU's own backward (it keeps gate and up, not sigmoid(gate)) gives autodiff's
   gradients of silu(gate) * up."""
-  import jax  # pylint: disable=import-outside-toplevel
-
-  from visregion_jax.models.llama import swiglu  # pylint: disable=import-outside-toplevel
   gate, up, cotangent = jax.random.normal(jax.random.key(0), (3, 4, 5, 16))
   gate = gate * 4   # through silu's bend and both tails
   ours = jax.vjp(swiglu, gate, up)[1](cotangent)
