@@ -11,6 +11,8 @@ batches, left pads, mixes text-only and image samples and skips a bad sample.
 import json
 import math
 
+import ml_collections
+
 import numpy as np
 import pytest
 import tokenizers
@@ -198,3 +200,21 @@ def test_mean_loss_equals_hand_cross_entropy(setup):
 ])
 def test_answer_matches_table(prediction, reference, expected):
   assert answer_matches(prediction, reference) is expected
+
+
+@pytest.mark.parametrize("held_out_loss", [True, False])
+def test_evaluate_measures_what_is_asked(setup, held_out_loss):
+  """`evaluate` reports the accuracy and loss above; without the held-out loss (pruning's
+  report, the region study) the accuracy is unchanged and no loss pass runs."""
+  ours, tok, source, config, _, _, _ = setup
+  settings = ml_collections.ConfigDict({
+      "data": {"eval_json": source.json_path, "image_root": source.image_root, "text_eval_json": ""},
+      "eval": {"num_samples": LIMIT, "max_new_tokens": MAX_NEW_TOKENS}})
+  out = evaluate.evaluate(settings, ours, tok, config, held_out_loss=held_out_loss)
+  assert out["eval_accuracy"] == pytest.approx(4 / 6)
+  assert "text_perplexity" not in out
+  if held_out_loss:
+    expected = evaluate.mean_loss(ours, tok, source, config, limit=LIMIT)["loss"]
+    assert out["eval_loss"] == pytest.approx(expected, rel=1e-6)
+  else:
+    assert "eval_loss" not in out

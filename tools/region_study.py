@@ -149,8 +149,8 @@ class Seed:
     c.workdir = os.path.join(self.dir, "base")
     model, _ = build_model(c, c.workdir)
     tokenizer = load_tokenizer(model.config.source)
-    result = _measured(evaluate(c, model, tokenizer, data_config_for(c, model, tokenizer,
-                                                                     c.model.get("vision_tower"))))
+    data_config = data_config_for(c, model, tokenizer, c.model.get("vision_tower"))
+    result = _measured(evaluate(c, model, tokenizer, data_config, held_out_loss=False))
     result["num_layers"] = len(model.layers)
     write_json(path, result)
     return result
@@ -195,7 +195,7 @@ class Seed:
                                                                 tokens=c.prune.tokens)]}
       write_json(scores_path, scores)
     latency_batch = next(batches())
-    measure = lambda m: _measured(evaluate(c, m, tokenizer, data_config))
+    measure = lambda m: _measured(evaluate(c, m, tokenizer, data_config, held_out_loss=False))
     unpruned = self._piece(os.path.join(out, "k0.json"),
                            functools.partial(_latency, model, latency_batch, c.prune.latency_runs))
     ks = {}

@@ -147,10 +147,14 @@ def mean_loss(model, tokenizer, source, data_config, *, limit: int = 64, batch_s
 PER_SAMPLE_KEYS = ("eval_examples", "eval_hits", "text_sample_losses")
 
 
-def evaluate(config, model, tokenizer, data_config) -> dict:
+def evaluate(config, model, tokenizer, data_config, *, held_out_loss: bool = True) -> dict:
   """Held-out answer accuracy and loss (`data.eval_json`) and text perplexity
   (`data.text_eval_json`), over `eval.num_samples` samples each, as configured; per
-  sample also the answers' hits and the text samples' [loss sum, tokens]."""
+  sample also the answers' hits and the text samples' [loss sum, tokens].
+
+  `held_out_loss=False` leaves out the held-out loss, a forward pass over every
+  question as costly as answering them: training logs it, pruning's report and the
+  region study compare accuracy and text perplexity only."""
   out, e = {}, config.eval
   eval_source = open_source(config.data, "eval")
   if eval_source is not None:
@@ -158,7 +162,8 @@ def evaluate(config, model, tokenizer, data_config) -> dict:
                           max_new_tokens=e.max_new_tokens)
     out.update(eval_accuracy=acc["accuracy"], eval_accuracy_per_task=acc["per_task"],
                eval_examples=acc["examples"], eval_hits=acc["hits"])
-    out["eval_loss"] = mean_loss(model, tokenizer, eval_source, data_config, limit=e.num_samples)["loss"]
+    if held_out_loss:
+      out["eval_loss"] = mean_loss(model, tokenizer, eval_source, data_config, limit=e.num_samples)["loss"]
   text = text_source(config.data)
   if text is not None:
     text_loss = mean_loss(model, tokenizer, text, data_config, limit=e.num_samples)

@@ -18,7 +18,7 @@ QUALITY = ("eval_accuracy", "text_perplexity", "num_params", "eval_accuracy_per_
 def quality(config, model, tokenizer, data_config, stage: str) -> dict:
   """Accuracy, perplexity (None where data.eval_json / text_eval_json is unset), size and
   the configured benchmarks (`eval.tasks`, answered into WORKDIR/prune/eval/<stage>)."""
-  out = evaluate(config, model, tokenizer, data_config)
+  out = evaluate(config, model, tokenizer, data_config, held_out_loss=False)
   out["num_params"] = int(sum(v.size for v in model_params(model).values()))
   out_dir = os.path.join(os.path.abspath(config.workdir), "prune", "eval", stage)
   shutil.rmtree(out_dir, ignore_errors=True)  # a rerun may prune other layers: never continue old answers
