@@ -19,6 +19,7 @@ from visregion_jax.errors import VisRegionError
 from visregion_jax.models import attention, rope
 from visregion_jax.models.config import DecoderConfig
 from visregion_jax.models.dense_attention import make_attention_mask
+from visregion_jax.models.elementwise import rms_norm, swiglu
 from visregion_jax.models.lora import Dense
 from visregion_jax.sharding import constrain_batch
 
@@ -40,9 +41,7 @@ class RMSNorm(nnx.Module):
     self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=(EMBED,))
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
+    return rms_norm(x, self.scale[...], self.eps)
 
 
 @jax.tree_util.register_dataclass
@@ -115,25 +114,6 @@ class MLP(nnx.Module):
 
   def __call__(self, x):
     return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
-
-
-@jax.custom_vjp
-def swiglu(gate, up):
-  """silu(gate) * up, whose backward keeps only `gate` and `up`: autodiff of the plain
-  expression also keeps sigmoid(gate), one more [tokens, intermediate] array per layer,
-  the widest activation of the step; the backward recomputes it inside the fusion that
-  reads `gate` and `up` anyway."""
-  return jax.nn.silu(gate) * up
-
-
-def _swiglu_backward(residuals, d_hidden):
-  gate, up = residuals
-  sig = jax.nn.sigmoid(gate)
-  silu = gate * sig
-  return d_hidden * up * (sig + silu * (1 - sig)), d_hidden * silu
-
-
-swiglu.defvjp(lambda gate, up: (swiglu(gate, up), (gate, up)), _swiglu_backward)
 
 
 class DecoderLayer(nnx.Module):

@@ -21,9 +21,10 @@ the compute dtype):
                  L * B*T*E*b + mask + max(layer working set, loss working set)
                no remat (every layer keeps its working set):
                  sum over layers of the working set + mask + loss working set
-    layer working set = B*T*b*(5E + H*d + (2H + 3KV)*d + 3I)   norms, q/k/v, roped q/k,
-                                                        attention out, residuals, MLP
-                                                        (gate, up, their product)
+    layer working set = B*T*b*(3E + H*d + (2H + 3KV)*d + 3I)   norms' outputs, q/k/v,
+                                                        roped q/k, attention out,
+                                                        residuals, MLP (gate, up, their
+                                                        product; models/elementwise.py)
                       + attention (below)
                       + B*T*b*(5E + H*d + I + 7r)  LoRA dropout inputs and rank-r outputs
                                                    (region layers with LoRA only)
@@ -141,7 +142,7 @@ def activation_bytes(text, config, mesh, micro: int, plan: TrainingPlan, per_lay
   e, i, v = text.hidden_size, text.intermediate_size, text.vocab_size
   h, kv, d = text.num_heads, text.num_kv_heads, text.head_dim
   attn, mask = attention_bytes(micro, seq, h, kv, d, b, fused)
-  base = micro * seq * b * (5 * e + h * d + (2 * h + 3 * kv) * d + 3 * i) + attn
+  base = micro * seq * b * (3 * e + h * d + (2 * h + 3 * kv) * d + 3 * i) + attn
   lora = micro * seq * b * (5 * e + h * d + i + 7 * r) if r else 0
 
   def working(layer: int) -> int:
