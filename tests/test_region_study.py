@@ -3,13 +3,14 @@ with one healing step.
 
 Checks what a user reads: every cell of the tables carries an interval, the seeds
 really differ, healing is measured, every plot is a PNG, and a second run reads the
-finished pieces back instead of training again. The statistics themselves are
-tested in test_bootstrap.py.
+finished pieces back instead of training again or loading the trained exports. The
+statistics themselves are tested in test_bootstrap.py.
 """
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -106,6 +107,8 @@ def test_study_on_tiny_models(tmp_path, arms, max_k):
   estimate = results["arms"]["uniform"]["accuracy"]
   assert estimate["low"] <= estimate["mean"] <= estimate["high"]
 
+  for seed in range(2):  # a finished seed's pruning reads back without the trained export
+    shutil.rmtree(os.path.join(work, f"seed{seed}", "arms", "uniform", "hf"))
   again = run_study(argv)
   assert again.returncode == 0, again.stderr[-3000:]
   assert (again.stderr + again.stdout).count("finished earlier") == 2 * len(arms)

@@ -176,37 +176,22 @@ class Seed:
 
   def prune(self, arm: str, max_k: int, keep: tuple) -> dict:
     """Scores of the arm's trained model and its measurements with k = 1..max_k layers
-    removed, and healed where prune.heal_steps > 0."""
+    removed, and healed where prune.heal_steps > 0. The model is loaded only when a
+    piece is missing: a finished seed reads back without its arm's export."""
     c = self.arm_config(arm)
     out = os.path.join(self.dir, "prune", arm)
-    hf_dir = os.path.join(c.workdir, "hf")
-    model = load_model(hf_dir, dtype=c.model.get("dtype") or None)
-    tokenizer = load_tokenizer(model.config.source)
-    data_config = data_config_for(c, model, tokenizer, hf_dir)
-    source = prune_job.calibration_source(c)
-    batches = lambda: calibration_batches(source, tokenizer, data_config, c.prune.calibration_samples,
-                                          c.prune.batch_size, c.seed)
-    scores_path = os.path.join(out, "scores.json")
-    scores = read_json(scores_path)
-    if scores is None:
-      log_line(f"study: seed {c.seed}, scoring the layers of the {arm}-trained model")
-      scores = {"metric": c.prune.metric, "protected": list(keep),
-                "scores": [float(s) for s in prune.layer_scores(model, batches(), metric=c.prune.metric,
-                                                                tokens=c.prune.tokens)]}
-      write_json(scores_path, scores)
-    latency_batch = next(batches())
-    measure = lambda m: _measured(evaluate(c, m, tokenizer, data_config, held_out_loss=False))
-    unpruned = self._piece(os.path.join(out, "k0.json"),
-                           functools.partial(_latency, model, latency_batch, c.prune.latency_runs))
+    loaded = functools.cache(functools.partial(_Trained, c, os.path.join(c.workdir, "hf")))
+    scores = self._piece(os.path.join(out, "scores.json"), lambda: {
+        "metric": c.prune.metric, "protected": list(keep), "scores": loaded().scores(arm)})
+    unpruned = self._piece(os.path.join(out, "k0.json"), lambda: loaded().latency(loaded().model))
     ks = {}
     for k in range(1, max_k + 1):
       removed = prune.layers_to_remove(scores["scores"], k, keep)
       ks[str(k)] = {"removed": list(removed), "pruned": self._piece(
-          os.path.join(out, f"k{k}.json"),
-          functools.partial(self._pruned, model, removed, latency_batch, measure, arm, k))}
+          os.path.join(out, f"k{k}.json"), functools.partial(self._pruned, loaded, removed, arm, k))}
       if c.prune.heal_steps:
         ks[str(k)]["healed"] = self._piece(os.path.join(out, f"k{k}-healed.json"), functools.partial(
-            self._healed, c, model, removed, os.path.join(out, f"k{k}"), latency_batch, measure, arm, k))
+            self._healed, c, loaded, removed, os.path.join(out, f"k{k}"), arm, k))
     return {**scores, "unpruned": unpruned, "k": ks}
 
   @staticmethod
@@ -217,24 +202,55 @@ class Seed:
       write_json(path, saved)
     return saved
 
-  def _pruned(self, model, removed, batch, measure, arm: str, k: int) -> dict:
+  def _pruned(self, loaded, removed, arm: str, k: int) -> dict:
     log_line(f"study: seed {self.config.seed}, {arm}-trained model, k={k}, removing {list(removed)}")
-    pruned = prune.drop_layers(model, removed)
-    return {**measure(pruned), **_latency(pruned, batch, self.config.prune.latency_runs)}
+    trained = loaded()
+    pruned = prune.drop_layers(trained.model, removed)
+    return {**trained.measure(pruned), **trained.latency(pruned)}
 
-  def _healed(self, c, model, removed, out: str, batch, measure, arm: str, k: int) -> dict:
+  def _healed(self, c, loaded, removed, out: str, arm: str, k: int) -> dict:
     """Exports the pruned model, heals it (resuming an interrupted healing) and measures it."""
+    trained = loaded()
     pruned_dir = os.path.join(out, "pruned")
     if not os.path.isdir(pruned_dir):
-      to_hf(prune.drop_layers(model, removed), pruned_dir)
+      to_hf(prune.drop_layers(trained.model, removed), pruned_dir)
     region_layers = read_json(os.path.join(c.workdir, "region.json"))["region_layers"]
-    layers = heal_layers(c.prune.heal_layers, region_layers, removed, len(model.layers))
+    layers = heal_layers(c.prune.heal_layers, region_layers, removed, len(trained.model.layers))
     log_line(f"study: seed {c.seed}, healing the {arm}-trained model at k={k}: layers {list(layers)}, "
              f"{c.prune.heal_steps} steps")
-    done = heal(c, os.path.join(out, "heal"), layers, pruned_dir, isinstance(model, LVLM))
+    done = heal(c, os.path.join(out, "heal"), layers, pruned_dir, isinstance(trained.model, LVLM))
     healed = load_model(done["hf_dir"], dtype=c.model.get("dtype") or None)
-    return {**measure(healed), **_latency(healed, batch, c.prune.latency_runs), "heal_layers": list(layers),
+    return {**trained.measure(healed), **trained.latency(healed), "heal_layers": list(layers),
             "heal_seconds": done["seconds"], "heal_train_seconds": done["train_seconds"]}
+
+
+class _Trained:
+  """A trained arm's export with what pruning measures it on: calibration batches
+  (the scores; the first one also times every forward pass) and the held-out sets."""
+
+  def __init__(self, config, hf_dir: str):
+    self.config = config
+    self.model = load_model(hf_dir, dtype=config.model.get("dtype") or None)
+    self.tokenizer = load_tokenizer(self.model.config.source)
+    self.data_config = data_config_for(config, self.model, self.tokenizer, hf_dir)
+    self.source = prune_job.calibration_source(config)
+    self.latency_batch = next(self.batches())
+
+  def batches(self):
+    c = self.config
+    return calibration_batches(self.source, self.tokenizer, self.data_config, c.prune.calibration_samples,
+                               c.prune.batch_size, c.seed)
+
+  def scores(self, arm: str) -> list:
+    log_line(f"study: seed {self.config.seed}, scoring the layers of the {arm}-trained model")
+    return [float(s) for s in prune.layer_scores(self.model, self.batches(), metric=self.config.prune.metric,
+                                                 tokens=self.config.prune.tokens)]
+
+  def measure(self, model) -> dict:
+    return _measured(evaluate(self.config, model, self.tokenizer, self.data_config, held_out_loss=False))
+
+  def latency(self, model) -> dict:
+    return _latency(model, self.latency_batch, self.config.prune.latency_runs)
 
 
 def _measured(result: dict) -> dict:
