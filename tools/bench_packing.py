@@ -8,7 +8,8 @@ step time and the padding fraction, as ratios to pad-to-max, all in one run. The
 the packed run's wall time per step with the batch built in the loop (prefetch 0)
 and prefetched (2), against the compute-only step time; and the MFU (the model FLOPs
 the training logs count, train/flops.py, over the peak they use) of the region step
-beside a full fine-tune step on the same packed batches.
+beside a full fine-tune step on the same packed batches, the two alternating batch
+by batch.
 
 Usage: python tools/bench_packing.py [--samples 600] [--steps 4] [--batch 4] [--max-length 512]
 Run on an idle machine: the bench reports the cores other processes used meanwhile.
@@ -108,16 +109,20 @@ def full_variant(workdir: str, tower_dir: str, args):
   return Variant("full", config, workdir)
 
 
-def step_mfu(variant, host: list) -> float:
-  """Model FLOPs per second of step time over the peak, on these batches."""
-  placed = [device_arrays(variant, b) for b in host]
-  variant.step(placed[0])
-  seconds = 0.0
-  for b in placed[1:]:
-    t0 = time.perf_counter()
-    variant.step(b)
-    seconds += time.perf_counter() - t0
-  return sum(variant.flops(b) for b in host[1:]) / seconds / peak().flops_per_sec
+def step_mfu(variants: dict, host: list) -> dict:
+  """{name: model FLOPs per second of step time over the peak} on these batches. The
+  variants alternate batch by batch, so that the machine's drift hits them alike."""
+  placed = {name: [device_arrays(v, b) for b in host] for name, v in variants.items()}
+  seconds = dict.fromkeys(variants, 0.0)
+  for name, v in variants.items():
+    v.step(placed[name][0])
+  for i in range(1, len(host)):
+    for name, v in variants.items():
+      t0 = time.perf_counter()
+      v.step(placed[name][i])
+      seconds[name] += time.perf_counter() - t0
+  return {name: sum(v.flops(b) for b in host[1:]) / seconds[name] / peak().flops_per_sec
+          for name, v in variants.items()}
 
 
 def wall_per_step(config, variant, steps: int, depth: int) -> float:
@@ -167,8 +172,7 @@ def main(argv=None) -> int:
     compute = results["packing"]["step"]
     walls = {depth: wall_per_step(packed, variant, args.steps, depth) for depth in (0, 2)}
     packed_batches = batches(packed, variant, args.steps + 1)
-    mfu = {name: step_mfu(v, packed_batches) for name, v in
-           (("region", variant), ("full", full_variant(workdir, tower_dir, args)))}
+    mfu = step_mfu({"region": variant, "full": full_variant(workdir, tower_dir, args)}, packed_batches)
   ref = results["pad to max_length"]
   print("\nratios to pad-to-max (real tok/s, supervised tok/s):")
   for name, r in results.items():
@@ -179,7 +183,7 @@ def main(argv=None) -> int:
   print(f"packed step wall time: built in the loop {walls[0]:.2f} s ({walls[0] / compute:.2f}x compute), "
         f"prefetched {walls[2]:.2f} s ({walls[2] / compute:.2f}x compute {compute:.2f} s)")
   print(f"MFU on packed batches: region {mfu['region']:.1%}, full fine-tune {mfu['full']:.1%} "
-        f"(region / full {mfu['region'] / mfu['full']:.2f}x; peak {peak().flops_per_sec / 1e9:.1f} GFLOP/s per device)")
+        f"(region / full {mfu['region'] / mfu['full']:.3f}x; peak {peak().flops_per_sec / 1e9:.1f} GFLOP/s per device)")
   print(f"other processes used {load.cores:.2f} cores meanwhile"
         + ("  (> 0.1: rerun on an idle machine)" if load.cores > 0.1 else ""))
   return 0

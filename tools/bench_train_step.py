@@ -12,9 +12,10 @@ transformers: 48 px images, 8 px patches -> 36 image tokens), on a fixed batch o
   region-lora strategy "uniform" 25%, LoRA r=128 alpha 256 (dropout 0.05, base's)
   projector   strategy "none": the projector alone
 
-and, beside them, the same full fine-tune and region (requires_grad on the 8 region
-layers only) in PyTorch (transformers' LlamaForCausalLM from the same GGUF, eager,
-`inputs_embeds` of the same length, AdamW + clipping).
+and, beside them, the same full fine-tune and region step in PyTorch: transformers'
+LlavaForConditionalGeneration loaded from the JAX model's own HF export, the same
+batch (ids, images, mask, labels), the tower frozen, `requires_grad` on the projector
+and all / the 8 region layers, AdamW + clipping (bench_torch_step.py).
 PyTorch runs once per `--torch-threads` count (default 1 and all cores): its OpenMP
 threads stall whenever another process holds a core, so on a shared machine one
 thread can be several times faster than two; the ratio is taken against the faster.
@@ -74,17 +75,28 @@ VARIANTS = {
 
 
 def build_variants(names, root: str, tower_dir: str, args) -> dict:
+  """{name: Variant}; inside `decoder_loaded_once`, which the caller holds."""
   out = {}
-  with decoder_loaded_once(args.layers):
-    for name in names:
-      region = dict(VARIANTS[name])
-      if name == "region-lora":
-        region.update(lora_rank=args.lora_rank, lora_alpha=args.lora_alpha)
-      t0 = time.perf_counter()
-      out[name] = Variant(name, demo_config(os.path.join(root, name), tower_dir, **region),
-                          os.path.join(root, name))
-      out[name].build_s = time.perf_counter() - t0
+  for name in names:
+    region = dict(VARIANTS[name])
+    if name == "region-lora":
+      region.update(lora_rank=args.lora_rank, lora_alpha=args.lora_alpha)
+    t0 = time.perf_counter()
+    out[name] = Variant(name, demo_config(os.path.join(root, name), tower_dir, **region),
+                        os.path.join(root, name))
+    out[name].build_s = time.perf_counter() - t0
   return out
+
+
+def export_reference(root: str, tower_dir: str) -> str:
+  """The LVLM the variants start from (SmolLM2, the tower, the projector of config.seed)
+  as `convert.to_hf` exports it: what the PyTorch reference loads. Inside
+  `decoder_loaded_once`, which the caller holds."""
+  from visregion_jax.convert import to_hf  # pylint: disable=import-outside-toplevel
+  from visregion_jax.train.builder import build_model  # pylint: disable=import-outside-toplevel
+  workdir = os.path.join(root, "torch")
+  model, _ = build_model(demo_config(workdir, tower_dir, strategy="full", lora_rank=0), workdir)
+  return to_hf(model, os.path.join(workdir, "hf"))
 
 
 def parse_args(argv=None):
@@ -146,8 +158,9 @@ def warm_up(variants: dict, np_batch: dict) -> None:
           f"first step {time.perf_counter() - t0:5.1f} s, loss {loss:.3f}")
 
 
-def warm_up_torch(first: Variant, np_batch: dict, args, torch_threads: list) -> dict:
-  """The PyTorch full and region fine-tunes ({kind: run}), loaded and stepped once; {} without threads."""
+def warm_up_torch(first: Variant, hf_dir: str, np_batch: dict, args, torch_threads: list) -> dict:
+  """The PyTorch full and region fine-tunes ({kind: run}) of the export `hf_dir`, loaded
+  and stepped once; {} without threads."""
   if not torch_threads:
     return {}
   import torch  # pylint: disable=import-outside-toplevel
@@ -157,7 +170,7 @@ def warm_up_torch(first: Variant, np_batch: dict, args, torch_threads: list) -> 
   default_threads = torch.get_num_threads()
   torch_runs = {}
   for kind, layers in (("full", None), ("region", region_layers)):
-    run = torch_runs[kind] = TorchFineTune(first.config.train, bool(args.torch_foreach), layers, args.layers)
+    run = torch_runs[kind] = TorchFineTune(hf_dir, first.config.train, bool(args.torch_foreach), layers)
     run.set_batch(np_batch)
     t0 = time.perf_counter()
     loss = run.step(max(torch_threads))
@@ -212,14 +225,16 @@ def main(argv=None) -> int:
   with tempfile.TemporaryDirectory(prefix="bench_train_step_") as root:
     tower_dir = write_random_tower(os.path.join(root, "tower"))
     t0 = time.perf_counter()
-    variants = build_variants(names, root, tower_dir, args)
+    with decoder_loaded_once(args.layers):
+      variants = build_variants(names, root, tower_dir, args)
+      hf_dir = export_reference(root, tower_dir) if torch_threads else None
     print(f"built {len(variants)} variants in {time.perf_counter() - t0:.1f} s "
           f"(SmolLM2 loaded once; tower {TOWER}); compiling and running each once (warm-up):")
     first = next(iter(variants.values()))
     np_batch = synthetic_batch(first.model_config, args.batch, args.length)
     tokens = args.batch * args.length
     warm_up(variants, np_batch)
-    torch_runs = warm_up_torch(first, np_batch, args, torch_threads)
+    torch_runs = warm_up_torch(first, hf_dir, np_batch, args, torch_threads)
     matmul = DenseMatmul(args.matmul_size)
     timers, others = time_rounds(variants, torch_runs, torch_threads, matmul, args.repeats)
     report.print_matmul(matmul, args, others)

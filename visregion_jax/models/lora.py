@@ -5,7 +5,7 @@ change AdamW's dynamics (its update size ignores gradient scale), so the decoder
 linears are this `Dense`: `kernel` / `bias` keep their paths (name tables and
 checkpoints stay valid), and `add_lora` attaches `lora_a` [in, r] (PEFT's
 Kaiming-uniform init) and `lora_b` [r, out] (zeros), used as
-`y = x W + b + (alpha / r) * dropout(x) A B`.
+`y = x W + b + (alpha / r) * dropout(x) A B` (dropout.py: 16 random bits per element).
 """
 
 from typing import Optional
@@ -13,6 +13,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from visregion_jax.models.dropout import Dropout
 
 
 class Dense(nnx.Module):
@@ -26,7 +28,7 @@ class Dense(nnx.Module):
     # Data attributes from the start, so attaching LoRA later keeps the pytree layout legal.
     self.lora_a: Optional[nnx.LoRAParam] = nnx.data(None)
     self.lora_b: Optional[nnx.LoRAParam] = nnx.data(None)
-    self.lora_dropout: Optional[nnx.Dropout] = nnx.data(None)
+    self.lora_dropout: Optional[Dropout] = nnx.data(None)
     self.lora_scale = 0.0
 
   def add_lora(self, rank: int, alpha: float, dropout: float, rngs: nnx.Rngs,
@@ -37,7 +39,7 @@ class Dense(nnx.Module):
                                 logical_axes=(self.kernel.get_metadata()["logical_axes"][0], None))
     self.lora_b = nnx.LoRAParam(jnp.zeros((rank, d_out), param_dtype),
                                 logical_axes=(None, self.kernel.get_metadata()["logical_axes"][1]))
-    self.lora_dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.lora_dropout = Dropout(dropout, rngs=rngs)
     self.lora_scale = alpha / rank
 
   @property
@@ -69,8 +71,10 @@ class Dense(nnx.Module):
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     if self.has_lora:
+      # alpha / r scales the rank-r product, not the [tokens, out] one: the same value
+      # with r / out of the multiplies, forward and backward.
       low = self.lora_dropout(x) @ self.lora_a[...].astype(self.dtype)
-      y = y + self.lora_scale * (low @ self.lora_b[...].astype(self.dtype))
+      y = y + (self.lora_scale * low) @ self.lora_b[...].astype(self.dtype)
     return y.reshape(*lead, y.shape[-1])
 
 

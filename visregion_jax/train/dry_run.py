@@ -26,8 +26,11 @@ the compute dtype):
                                                         residuals, MLP (gate, up, their
                                                         product; models/elementwise.py)
                       + attention (below)
-                      + B*T*b*(5E + H*d + I + 7r)  LoRA dropout inputs and rank-r outputs
-                                                   (region layers with LoRA only)
+                      + B*T*(5E + H*d + I)              LoRA dropout masks, a byte per
+                                                        input element (an upper bound: XLA
+                                                        keeps no dropped input; dropout.py)
+                      + B*T*b*7r                        LoRA rank-r outputs (both: region
+                                                        layers with LoRA only)
                       + the layer's weights gathered over fsdp (its params * b / tensor)
     loss working set  = B*Tt*V*(b + 4 + 4)       logits, their fp32 copy, fp32 log-softmax
                                                  of one tile of Tt positions per row:
@@ -143,7 +146,7 @@ def activation_bytes(text, config, mesh, micro: int, plan: TrainingPlan, per_lay
   h, kv, d = text.num_heads, text.num_kv_heads, text.head_dim
   attn, mask = attention_bytes(micro, seq, h, kv, d, b, fused)
   base = micro * seq * b * (3 * e + h * d + (2 * h + 3 * kv) * d + 3 * i) + attn
-  lora = micro * seq * b * (5 * e + h * d + i + 7 * r) if r else 0
+  lora = micro * seq * (5 * e + h * d + i + b * 7 * r) if r else 0
 
   def working(layer: int) -> int:
     gathered = per_layer.get(layer, 0) * b // mesh.shape["tensor"]
