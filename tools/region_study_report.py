@@ -100,18 +100,22 @@ def comparisons_table(comparisons: dict) -> list:
 
 
 def prune_summary(trained: list, pruned: list) -> dict:
-  """Per k (0 = the trained model): estimates pruned and healed, healed minus pruned."""
+  """Per k (0 = the trained model): estimates pruned and healed, and the paired
+  differences pruned - unpruned, healed - unpruned and healed - pruned."""
   out = {"0": {"removed": [[] for _ in pruned], "pruned": summary(trained),
                "forward_ms": 1e3 * _mean(p["unpruned"]["forward_latency_s"] for p in pruned),
                "num_params": pruned[0]["unpruned"]["num_params"]}}
   for k in pruned[0]["k"]:
     runs = [p["k"][k] for p in pruned]
-    row = {"removed": [r["removed"] for r in runs], "pruned": summary([r["pruned"] for r in runs]),
+    just_pruned = [r["pruned"] for r in runs]
+    row = {"removed": [r["removed"] for r in runs], "pruned": summary(just_pruned),
+           "pruned_minus_unpruned": compared(just_pruned, trained),
            "forward_ms": 1e3 * _mean(r["pruned"]["forward_latency_s"] for r in runs),
            "num_params": runs[0]["pruned"]["num_params"]}
     if "healed" in runs[0]:
       healed = [r["healed"] for r in runs]
-      row.update(healed=summary(healed), healed_minus_pruned=compared(healed, [r["pruned"] for r in runs]),
+      row.update(healed=summary(healed), healed_minus_pruned=compared(healed, just_pruned),
+                 healed_minus_unpruned=compared(healed, trained),
                  heal_train_s=_mean(h["heal_train_seconds"] for h in healed))
     out[k] = row
   return out
@@ -119,17 +123,19 @@ def prune_summary(trained: list, pruned: list) -> dict:
 
 def prune_table(arm: str, rows: dict) -> list:
   healed = any("healed" in r for r in rows.values())
-  columns = ["k", "removed (seed 0)", "accuracy, pruned", "text ppl, pruned"]
-  columns += ["accuracy, healed", "text ppl, healed", "healed - pruned, accuracy", "heal train s"] if healed else []
+  columns = ["k", "removed (seed 0)", "accuracy, pruned", "text ppl, pruned", "pruned - unpruned, accuracy"]
+  columns += ["accuracy, healed", "text ppl, healed", "healed - unpruned, accuracy", "healed - pruned, accuracy",
+              "heal train s"] if healed else []
   columns += ["params", "forward ms"]
   out = [f"{arm}-trained model:", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   for k, r in sorted(rows.items(), key=lambda kv: int(kv[0])):
     cells = [k, ",".join(map(str, r["removed"][0])) if k != "0" else "none",
-             _cell(r["pruned"]["accuracy"]), _cell(r["pruned"]["text_perplexity"], 2)]
+             _cell(r["pruned"]["accuracy"]), _cell(r["pruned"]["text_perplexity"], 2),
+             _diff_cell(r["pruned_minus_unpruned"]["accuracy"]) if k != "0" else "-"]
     if healed:
       cells += [_cell(r["healed"]["accuracy"]), _cell(r["healed"]["text_perplexity"], 2),
-                _diff_cell(r["healed_minus_pruned"]["accuracy"]), f"{r['heal_train_s']:.1f}"] if "healed" in r \
-          else ["-"] * 4
+                _diff_cell(r["healed_minus_unpruned"]["accuracy"]), _diff_cell(r["healed_minus_pruned"]["accuracy"]),
+                f"{r['heal_train_s']:.1f}"] if "healed" in r else ["-"] * 5
     cells += [f"{r['num_params']:,}", f"{r['forward_ms']:.1f}"]
     out.append("| " + " | ".join(cells) + " |")
   return out
