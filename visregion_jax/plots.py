@@ -9,6 +9,7 @@ could not show the uncertainty every number of a study carries.
 
 import math
 import os
+import textwrap
 
 import matplotlib
 
@@ -49,6 +50,12 @@ def _error_bars(values, intervals) -> list:
   return [below, above]
 
 
+def _set_title(ax, fig, title: str) -> None:
+  """The title wrapped to the figure's width (~9 characters per inch at matplotlib's
+  default size), so that a long one is not cut off at the edges."""
+  ax.set_title("\n".join(textwrap.wrap(title, int(9 * fig.get_figwidth()))))
+
+
 def bar_chart(path: str, values, colors, *, labels, intervals=None, title: str = "", y_label: str = "",
               x_label: str = "") -> str:
   """One bar per value (None or non-finite: no bar), each with its (low, high) interval
@@ -61,7 +68,8 @@ def bar_chart(path: str, values, colors, *, labels, intervals=None, title: str =
   for bar, value in zip(bars, values):
     bar.set_visible(_finite(value))
   ax.set_xticks(range(len(values)), [str(x) for x in labels])
-  ax.set(title=title, ylabel=y_label, xlabel=x_label)
+  ax.set(ylabel=y_label, xlabel=x_label)
+  _set_title(ax, fig, title)
   ax.grid(axis="y", color="0.9")
   ax.set_axisbelow(True)
   fig.tight_layout()
@@ -77,7 +85,8 @@ def line_chart(path: str, x, series: dict, *, title: str = "", y_label: str = ""
     ax.errorbar(x, values, yerr=_error_bars(s["values"], s.get("intervals") or [None] * len(x)), capsize=3,
                 marker="o", color=_rgb(SERIES[i % len(SERIES)]), label=name)
   ax.set_xticks(list(x))
-  ax.set(title=title, ylabel=y_label, xlabel=x_label)
+  ax.set(ylabel=y_label, xlabel=x_label)
+  _set_title(ax, fig, title)
   ax.grid(color="0.9")
   ax.legend()
   fig.tight_layout()
